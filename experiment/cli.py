@@ -1,0 +1,65 @@
+"""The ``advbias`` command line: one root, sub-commands contributed by each stage.
+
+Each stage keeps its commands next to its code, in a module that exposes
+``register(subparsers)``. The root imports those modules lazily-light (they must
+not import torch or Flask at module level) so that ``advbias --help`` stays fast.
+
+Errors that a user can fix are raised as :class:`CLIError` (or ``ValueError``/
+``FileNotFoundError``) and printed as one line on stderr with exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+#: Modules that contribute sub-commands, in the order they appear in ``--help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "attacks.cli",
+    "stimuli.cli",
+    "experiment.commands",
+    "analysis.cli",
+)
+
+
+class CLIError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advbias",
+        description="Adversarial perceptual-bias experiments: stimuli, web experiment, analysis.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # a stage that is not installed
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    try:
+        status = handler(args)
+    except KeyboardInterrupt:
+        print("advbias: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"advbias: error: {message}", file=sys.stderr)
+        return 2
+    return int(status or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
