@@ -1,0 +1,239 @@
+"""``advbias stimuli verify``: prove that a set is what its manifest says.
+
+Re-reads every file, trusting nothing that was computed when the set was built:
+
+* the file's sha256 equals its name and its ``stimulus_id``;
+* the PNG holds pixels only (IHDR, IDAT, IEND: no text, time, gamma or colour-profile chunks)
+  and is 8-bit RGB at the set's size;
+* the L-infinity distance to the clean crop of the same photo, recomputed from the pixels,
+  equals the manifest's ``linf`` and is within ``eps``;
+* the manifest is consistent: columns, conditions, targets within their pair, budgets and
+  steps from ``set.json``, one clean row per photo, both halves of every trial pair,
+  ``pair_key`` values, no duplicate or missing rows, no stray files, counts as in ``set.json``.
+
+Uses numpy and Pillow only, so it runs anywhere, without the models.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stimuli.files import (
+    ALLOWED_PNG_CHUNKS,
+    CONDITIONS,
+    decode_png,
+    png_chunks,
+    read_rows,
+    sha256_bytes,
+)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class VerifyResult:
+    files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _float(row: dict[str, str], col: str) -> float | None:
+    text = row.get(col, "")
+    if text == "":
+        return None
+    return float(text)
+
+
+def verify_set(setdir: Path) -> VerifyResult:
+    """Check every file and row of the set in ``setdir``; problems are one line each."""
+    setdir = Path(setdir)
+    if not setdir.is_dir():
+        raise FileNotFoundError(f"stimulus set folder not found: {setdir}")
+    for name in ("manifest.csv", "set.json"):
+        if not (setdir / name).is_file():
+            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set (run generate again)")
+    meta = json.loads((setdir / "set.json").read_text())
+    params = meta["parameters"]
+    rows = read_rows(setdir / "manifest.csv")
+    result = VerifyResult()
+    bad = result.problems.append
+
+    size = int(params["size"])
+    pairs = [tuple(p.split(":")) for p in params["pairs"]]
+    eps_set = {int(e) for e in params["eps"]}
+    steps = int(params["steps"])
+    controls = set(params["controls"])
+    has_holdout = bool(params["holdout"])
+
+    # --- rows: fields that can be checked on their own
+    ids = Counter(r["stimulus_id"] for r in rows)
+    for sid, n in ids.items():
+        if n > 1:
+            bad(f"stimulus_id {sid[:16]}... appears in {n} rows")
+    by_source: dict[str, list[tuple[int, dict[str, str]]]] = defaultdict(list)
+    for line, row in enumerate(rows, start=2):
+        where = f"manifest line {line}"
+        sid, cond = row["stimulus_id"], row["condition"]
+        if not _HEX64.match(sid):
+            bad(f"{where}: stimulus_id {sid!r} is not a sha256 hex digest")
+        if row["file"] != f"images/{sid}.png":
+            bad(f"{where}: file {row['file']!r} should be images/{sid}.png")
+        if cond not in CONDITIONS:
+            bad(f"{where}: unknown condition {cond!r}")
+            continue
+        try:
+            eps, linf, row_steps = int(row["eps"]), int(row["linf"]), int(row["steps"])
+        except ValueError:
+            bad(f"{where}: eps, linf and steps must be whole numbers")
+            continue
+        pair, target, key = row["pair"], row["target"], row["pair_key"]
+        if cond == "clean":
+            if eps != 0 or pair or target or key or row_steps != 0:
+                bad(f"{where}: a clean row must have eps 0, steps 0 and no pair, target or pair_key")
+        else:
+            if cond not in ("adversarial",) and cond not in controls:
+                bad(f"{where}: condition {cond} was not requested (controls: {','.join(sorted(controls)) or 'none'})")
+            if tuple(pair.split(":")) not in pairs:
+                bad(f"{where}: pair {pair!r} is not one of the set's pairs")
+            if eps not in eps_set:
+                bad(f"{where}: eps {eps} is not one of the set's budgets")
+            a, _, b = pair.partition(":")
+            expected_key = f"{row['source_sha256'][:16]}:{a}:{b}:{eps}"
+            if key != expected_key:
+                bad(f"{where}: pair_key {key!r} should be {expected_key!r}")
+            if cond == "noise":
+                if target:
+                    bad(f"{where}: a noise row has no target")
+            elif target not in (a, b):
+                bad(f"{where}: target {target!r} is not part of its pair {pair!r}")
+            want_steps = steps if cond == "adversarial" else 0
+            if row_steps != want_steps:
+                bad(f"{where}: steps {row_steps} should be {want_steps}")
+        if linf > eps:
+            bad(f"{where}: linf {linf} exceeds eps {eps}")
+        _check_scores(row, where, has_holdout, bad)
+        by_source[row["source_sha256"]].append((line, row))
+
+    # --- trial structure: one clean per photo, both halves of every pair_key, all budgets
+    for sha, items in by_source.items():
+        cleans = [r for _, r in items if r["condition"] == "clean"]
+        if len(cleans) != 1:
+            bad(f"source {items[0][1]['source']}: {len(cleans)} clean rows (expected 1)")
+        seen = Counter((r["condition"], r["pair"], int(r["eps"] or 0), r["target"]) for _, r in items)
+        for a, b in pairs:
+            for e in sorted(eps_set):
+                wanted = [("adversarial", a), ("adversarial", b)]
+                if "flip" in controls:
+                    wanted += [("flip", a), ("flip", b)]
+                if "noise" in controls:
+                    wanted += [("noise", "")]
+                for cond, t in wanted:
+                    n = seen.get((cond, f"{a}:{b}", e, t), 0)
+                    if n != 1:
+                        what = f"{cond} toward {t}" if t else cond
+                        bad(f"source {items[0][1]['source']}: {n} {what} rows for {a}:{b} at eps {e} (expected 1)")
+
+    # --- files: hash, chunks, pixels, budget against the clean crop
+    for sha, items in by_source.items():
+        clean_px: np.ndarray | None = None
+        clean_rows = [r for _, r in items if r["condition"] == "clean"]
+        if len(clean_rows) == 1:
+            clean_px = _check_file(setdir, clean_rows[0], size, result)
+        for line, row in items:
+            if row["condition"] == "clean":
+                continue
+            px = _check_file(setdir, row, size, result)
+            if px is None or clean_px is None:
+                continue
+            measured = int(np.abs(px.astype(np.int16) - clean_px.astype(np.int16)).max())
+            if measured != int(row["linf"]):
+                bad(f"manifest line {line}: linf is {row['linf']} but the file differs from its clean crop by {measured}")
+            if measured > int(row["eps"]):
+                bad(f"{row['file']}: perturbation of {measured} levels exceeds its budget eps {row['eps']}")
+
+    # --- the folder: nothing unlisted, counts as recorded
+    listed = {r["file"] for r in rows}
+    images_dir = setdir / "images"
+    if images_dir.is_dir():
+        for path in sorted(images_dir.iterdir()):
+            rel = f"images/{path.name}"
+            if rel not in listed:
+                bad(f"{rel}: file not listed in the manifest")
+    counts = meta.get("counts") or {}
+    actual = {"stimuli": len(rows), "sources": len(by_source)}
+    for c in CONDITIONS:
+        actual[c] = sum(1 for r in rows if r["condition"] == c)
+    for k, v in actual.items():
+        if k in counts and counts[k] != v:
+            bad(f"set.json counts {k} = {counts[k]} but the manifest has {v}")
+    if not counts:
+        bad("set.json has no counts: the set was not finished (run generate again)")
+    return result
+
+
+def _check_scores(row: dict[str, str], where: str, has_holdout: bool, bad: Any) -> None:
+    try:
+        for col in ("ensemble_target_prob", "ensemble_top1_prob", "ensemble_category_prob", "holdout_target_prob"):
+            v = _float(row, col)
+            if v is not None and not 0.0 <= v <= 1.0 + 1e-6:
+                bad(f"{where}: {col} {v} is not a probability")
+        top1 = _float(row, "ensemble_top1")
+        if top1 is None or not 0 <= top1 < 1000:
+            bad(f"{where}: ensemble_top1 must be an ImageNet class index")
+    except ValueError:
+        bad(f"{where}: a probability or class column is not a number")
+        return
+    has_target = bool(row["target"])
+    for col in ("ensemble_target_prob", "ensemble_success"):
+        if bool(row[col]) != has_target:
+            bad(f"{where}: {col} must be {'set' if has_target else 'empty'} for a {row['condition']} row")
+    if row["ensemble_success"] not in ("", "0", "1"):
+        bad(f"{where}: ensemble_success must be 0 or 1")
+    for col in ("holdout_target_prob", "holdout_success"):
+        if bool(row[col]) != (has_target and has_holdout):
+            bad(f"{where}: {col} must be {'set' if has_target and has_holdout else 'empty'}")
+    if bool(row["holdout_top1"]) != has_holdout:
+        bad(f"{where}: holdout_top1 must be {'set' if has_holdout else 'empty'}")
+
+
+def _check_file(setdir: Path, row: dict[str, str], size: int, result: VerifyResult) -> np.ndarray | None:
+    """Hash, chunk and format checks for one file; returns its pixels when readable."""
+    bad = result.problems.append
+    path = setdir / row["file"]
+    if not path.is_file():
+        bad(f"{row['file']}: missing")
+        return None
+    data = path.read_bytes()
+    result.files += 1
+    digest = sha256_bytes(data)
+    if digest != row["stimulus_id"] or path.stem != digest:
+        bad(f"{row['file']}: sha256 is {digest[:16]}..., not its name (the file was changed)")
+    try:
+        chunks = png_chunks(data)
+    except ValueError as exc:
+        bad(f"{row['file']}: not a valid PNG ({exc})")
+        return None
+    extra = sorted({c.decode("latin-1") for c in chunks} - {c.decode() for c in ALLOWED_PNG_CHUNKS})
+    if extra:
+        bad(f"{row['file']}: metadata chunks {', '.join(extra)} (only IHDR, IDAT, IEND are allowed)")
+    bit_depth, colour_type = data[24], data[25]  # IHDR fields after signature, length, type, width, height
+    if (bit_depth, colour_type) != (8, 2):
+        bad(f"{row['file']}: PNG bit depth {bit_depth}, colour type {colour_type} (expected 8-bit RGB: 8, 2)")
+    try:
+        px = decode_png(data)
+    except Exception as exc:  # Pillow raises many types for broken files
+        bad(f"{row['file']}: unreadable ({exc})")
+        return None
+    if px.shape != (size, size, 3):
+        bad(f"{row['file']}: {px.shape[1]}x{px.shape[0]} pixels, expected {size}x{size}")
+        return None
+    return px
