@@ -1,0 +1,205 @@
+"""The advbias web experiment: a Flask app for two-image forced-choice trials.
+
+``create_app()`` builds the app from ``ADVBIAS_*`` environment variables (or a
+mapping passed in, which wins), checks that the database schema is at the
+newest migration (and refuses to start otherwise), and registers the
+participant pages, the ``/api/v1/`` JSON API and the admin pages.
+
+Configuration (environment variable / key in ``config``):
+
+========================  =====================  ==============================================
+``ADVBIAS_INSTANCE_PATH``  ``INSTANCE_PATH``      folder for the database, images, secret key;
+                                                 default ``./instance``
+``ADVBIAS_DATABASE_URL``   ``DATABASE_URL``       default ``sqlite:///INSTANCE/advbias.db``;
+                                                 ``postgresql://user@host/db`` for PostgreSQL
+``ADVBIAS_SECRET_KEY``     ``SECRET_KEY``         signs admin sessions; default: a random key
+                                                 kept in ``INSTANCE/secret_key``
+``ADVBIAS_SECURE_COOKIES`` ``SECURE_COOKIES``     ``1`` (default): the admin cookie is sent over
+                                                 HTTPS only; ``0`` for plain-HTTP local use
+========================  =====================  ==============================================
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Flask and SQLAlchemy load lazily: the CLI imports this package for every command
+    from flask import Flask
+
+    from experiment.db import Database
+
+#: The product's fixed layout: templates/ and static/ beside the package.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MAX_BODY_BYTES = 64 * 1024
+
+CSP = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self'",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ]
+)
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def settings_from_env(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve the app's settings: explicit overrides, then ADVBIAS_* variables, then defaults."""
+    overrides = dict(overrides or {})
+    env = os.environ
+
+    def pick(key: str, default: Any = None) -> Any:
+        if key in overrides and overrides[key] is not None:
+            return overrides[key]
+        return env.get(f"ADVBIAS_{key}", default)
+
+    instance = Path(pick("INSTANCE_PATH", "instance")).expanduser().resolve()
+    database_url = pick("DATABASE_URL") or f"sqlite:///{instance / 'advbias.db'}"
+    return {
+        "INSTANCE_PATH": instance,
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": pick("SECRET_KEY"),
+        "SECURE_COOKIES": _truthy(pick("SECURE_COOKIES", "1")),
+        "STIMULUS_STORE": instance / "stimuli",
+    }
+
+
+def stimulus_store(settings: Mapping[str, Any]) -> Path:
+    return Path(settings["STIMULUS_STORE"])
+
+
+def _secret_key(instance: Path) -> str:
+    """A per-installation key kept in the instance folder; safe when several workers start at once."""
+    path = instance / "secret_key"
+    instance.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker may be writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key
+            import time
+
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty: delete it and restart")
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+class AdvbiasState:
+    """What the app keeps in ``app.extensions['advbias']``."""
+
+    def __init__(self, db: "Database", store: Path) -> None:
+        self.db = db
+        self.store = store
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
+    """Build the app; raises :class:`experiment.db.SchemaError` if the database is not upgraded."""
+    from flask import Flask
+
+    from experiment.db import Database, check_schema
+
+    settings = settings_from_env(config)
+    app = Flask(
+        __name__,
+        instance_path=str(settings["INSTANCE_PATH"]),
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+        static_url_path="/static",
+    )
+    db = Database(settings["DATABASE_URL"])
+    try:
+        check_schema(db.engine)
+    except Exception:
+        db.dispose()
+        raise
+    app.config.update(
+        SECRET_KEY=settings["SECRET_KEY"] or _secret_key(settings["INSTANCE_PATH"]),
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        SESSION_COOKIE_NAME="advbias_admin",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=settings["SECURE_COOKIES"],
+        SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=8 * 3600,
+        JSON_SORT_KEYS=False,
+        ADVBIAS=settings,
+    )
+    if config:
+        for key in ("TESTING",):
+            if key in config:
+                app.config[key] = config[key]
+    app.extensions["advbias"] = AdvbiasState(db, stimulus_store(settings))
+
+    from experiment import admin, api, pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
+    _install_headers(app)
+    _install_errors(app)
+    return app
+
+
+def _install_headers(app: "Flask") -> None:
+    from flask import request
+
+    @app.after_request
+    def security_headers(response):  # type: ignore[no-untyped-def]
+        h = response.headers
+        h.setdefault("Content-Security-Policy", CSP)
+        h["X-Content-Type-Options"] = "nosniff"
+        h["X-Frame-Options"] = "DENY"
+        h["Referrer-Policy"] = "no-referrer"
+        h["Cross-Origin-Opener-Policy"] = "same-origin"
+        h["Cross-Origin-Resource-Policy"] = "same-origin"
+        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
+        if request.is_secure:
+            h["Strict-Transport-Security"] = "max-age=31536000"
+        if not (request.path.startswith("/static/") or request.path.startswith("/stimuli/")):
+            h["Cache-Control"] = "no-store"
+        return response
+
+
+def wants_json() -> bool:
+    from flask import request
+
+    return request.path.startswith("/api/")
+
+
+def _install_errors(app: "Flask") -> None:
+    from flask import jsonify, render_template, request
+    from werkzeug.exceptions import HTTPException
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        message = {
+            404: "not found",
+            405: "method not allowed",
+            413: f"request body too large (limit {MAX_BODY_BYTES} bytes)",
+        }.get(exc.code or 500, (exc.description or exc.name or "error").strip())
+        if wants_json():
+            return jsonify(error=message), exc.code
+        return render_template("error.html", code=exc.code, message=message), exc.code
+
+    @app.errorhandler(Exception)
+    def server_error(exc: Exception):  # type: ignore[no-untyped-def]
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        if wants_json():
+            return jsonify(error="internal server error"), 500
+        return render_template("error.html", code=500, message="internal server error"), 500

@@ -1,0 +1,293 @@
+"""Command-line sub-commands of the experiment stage.
+
+``advbias db upgrade``, ``advbias experiment create``, ``advbias admin
+set-password``, ``advbias serve`` and ``advbias export``. Flask, SQLAlchemy and
+pandas are imported inside the handlers so that ``advbias --help`` stays fast.
+Every command reads the same ``ADVBIAS_*`` settings as the server (see
+``experiment/__init__.py``); ``--instance`` and ``--database-url`` override them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--instance", metavar="DIR", help="instance folder (default: $ADVBIAS_INSTANCE_PATH or ./instance)")
+    parser.add_argument(
+        "--database-url", metavar="URL",
+        help="database (default: $ADVBIAS_DATABASE_URL or SQLite in the instance folder)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    db = subparsers.add_parser("db", help="database schema (Alembic migrations)")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_sub.required = True
+    up = db_sub.add_parser("upgrade", help="create or upgrade the database schema to the newest version")
+    _common(up)
+    up.set_defaults(handler=cmd_db_upgrade)
+
+    exp = subparsers.add_parser("experiment", help="create and list experiments")
+    exp_sub = exp.add_subparsers(dest="experiment_command", metavar="ACTION")
+    exp_sub.required = True
+    create = exp_sub.add_parser("create", help="import a stimulus set and a design as a new experiment")
+    create.add_argument("--stimuli", required=True, metavar="SETDIR", help="stimulus set folder (manifest.csv, images/)")
+    create.add_argument("--name", required=True, metavar="SLUG", help="experiment name used in URLs (lowercase, digits, -)")
+    create.add_argument("--config", metavar="FILE", help="experiment TOML (design, codes, texts); default: all defaults")
+    create.add_argument("--link", action="store_true", help="symlink the images instead of copying them")
+    create.add_argument("--base-url", metavar="URL", help="public address of the server, for the printed URLs")
+    _common(create)
+    create.set_defaults(handler=cmd_experiment_create)
+    listing = exp_sub.add_parser("list", help="list experiments with participant counts")
+    _common(listing)
+    listing.set_defaults(handler=cmd_experiment_list)
+
+    admin = subparsers.add_parser("admin", help="admin accounts")
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION")
+    admin_sub.required = True
+    pw = admin_sub.add_parser("set-password", help="set the admin password (stored hashed)")
+    pw.add_argument("--user", default="admin", help="user name (default: admin)")
+    how = pw.add_mutually_exclusive_group()
+    how.add_argument("--generate", action="store_true", help="generate a random password and print it")
+    how.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    _common(pw)
+    pw.set_defaults(handler=cmd_admin_set_password)
+
+    serve = subparsers.add_parser("serve", help="serve the experiment (development server, or gunicorn with --workers)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    serve.add_argument("--workers", type=int, metavar="N", help="run gunicorn with N worker processes")
+    serve.add_argument("--threads", type=int, default=4, metavar="T", help="threads per gunicorn worker (default: 4)")
+    _common(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    export = subparsers.add_parser("export", help="write one row per answered trial to CSV or Parquet")
+    export.add_argument("slug", metavar="SLUG", help="experiment name")
+    export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    _common(export)
+    export.set_defaults(handler=cmd_export)
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve settings, exporting overrides to the environment so gunicorn workers see them too."""
+    from experiment import settings_from_env
+
+    if getattr(args, "instance", None):
+        os.environ["ADVBIAS_INSTANCE_PATH"] = str(Path(args.instance).resolve())
+    if getattr(args, "database_url", None):
+        os.environ["ADVBIAS_DATABASE_URL"] = args.database_url
+    return settings_from_env()
+
+
+def _database(args: argparse.Namespace, *, check: bool = True):  # type: ignore[no-untyped-def]
+    from experiment.db import Database, SchemaError, check_schema
+    from experiment.cli import CLIError
+
+    settings = _settings(args)
+    try:
+        db = Database(settings["DATABASE_URL"])
+    except ImportError as exc:
+        raise CLIError(f"cannot open the database: {exc}") from None
+    if check:
+        try:
+            check_schema(db.engine)
+        except SchemaError as exc:
+            db.dispose()
+            raise CLIError(str(exc)) from None
+    return db, settings
+
+
+def _describe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from experiment.cli import CLIError
+    from experiment.db import upgrade
+
+    db, settings = _database(args, check=False)
+    try:
+        before, after = upgrade(db.engine)
+    except OperationalError as exc:
+        raise CLIError(f"cannot reach the database: {str(exc.orig).strip().splitlines()[0]}") from None
+    finally:
+        db.dispose()
+    where = _describe_url(settings["DATABASE_URL"])
+    if before == after:
+        print(f"database {where} is up to date (revision {after})")
+    else:
+        print(f"database {where} upgraded from {before or 'empty'} to revision {after}")
+    return 0
+
+
+def participant_urls(base: str, slug: str) -> tuple[str, str]:
+    """The plain participant URL and the one to paste into Prolific's study settings."""
+    base = base.rstrip("/")
+    url = f"{base}/run/{slug}"
+    params = "&".join(f"{name}={{{{%{name}%}}}}" for name in ("PROLIFIC_PID", "STUDY_ID", "SESSION_ID"))
+    return url, f"{url}?{params}"
+
+
+def cmd_experiment_create(args: argparse.Namespace) -> int:
+    from experiment import stimulus_store
+    from experiment.study import create_experiment, load_config_file
+
+    raw = load_config_file(Path(args.config) if args.config else None)
+    db, settings = _database(args)
+    try:
+        exp, design, created = create_experiment(
+            db, args.name, Path(args.stimuli), raw, stimulus_store(settings), link=args.link
+        )
+    finally:
+        db.dispose()
+    s = design.summary()
+    verb = "created" if created else "already exists (same stimulus set and configuration, nothing changed):"
+    print(f"experiment {exp.slug} {verb}")
+    print(
+        f"  design: {s['main_trials']} main + {s['practice_trials']} practice + {s['catch_trials']} catch trials "
+        f"per participant; {s['lists']} counterbalancing lists; pairs {', '.join(s['pairs'])}; budgets "
+        f"{', '.join(map(str, s['budgets']))}; trial types {', '.join(s['conditions'])}"
+    )
+    if s["excluded_sources"]:
+        print(f"  note: {s['excluded_sources']} source image(s) lack some version the design needs and are not used")
+    print(f"  completion code: {exp.settings['completion_code']}")
+    base = args.base_url or os.environ.get("ADVBIAS_PUBLIC_URL") or DEFAULT_BASE_URL
+    url, prolific = participant_urls(base, exp.slug)
+    print(f"  participant URL: {url}")
+    print(f"  Prolific study URL: {prolific}")
+    return 0
+
+
+def cmd_experiment_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import func, select
+
+    from experiment.models import Experiment, Participant
+
+    db, _ = _database(args)
+    try:
+        with db.session() as s:
+            experiments = s.scalars(select(Experiment).order_by(Experiment.created_at)).all()
+            counts = dict(
+                s.execute(select(Participant.experiment_id, func.count()).group_by(Participant.experiment_id)).all()
+            )
+    finally:
+        db.dispose()
+    if not experiments:
+        print("no experiments yet: advbias experiment create --stimuli SETDIR --name SLUG")
+    for exp in experiments:
+        state = "open" if exp.active else "closed"
+        print(f"{exp.slug}\t{state}\t{counts.get(exp.id, 0)} participants\tset {exp.set_hash[:12]}")
+    return 0
+
+
+def cmd_admin_set_password(args: argparse.Namespace) -> int:
+    import getpass
+    import secrets
+
+    from experiment.admin import set_password
+    from experiment.cli import CLIError
+
+    if args.generate:
+        password = secrets.token_urlsafe(12)
+    elif args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass("new admin password: ")
+        if getpass.getpass("again: ") != password:
+            raise CLIError("the two passwords differ")
+    else:
+        raise CLIError("no terminal to ask for the password: use --password-stdin or --generate")
+    db, _ = _database(args)
+    try:
+        set_password(db, password, args.user)
+    finally:
+        db.dispose()
+    if args.generate:
+        print(f"admin password for {args.user}: {password}")
+    else:
+        print(f"admin password for {args.user} set")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from experiment.cli import CLIError
+
+    if not 1 <= args.port <= 65535:
+        raise CLIError(f"port {args.port} is outside 1..65535")
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise CLIError("--workers must be between 1 and 256")
+    if not 1 <= args.threads <= 256:
+        raise CLIError("--threads must be between 1 and 256")
+    if args.host in LOOPBACK and "ADVBIAS_SECURE_COOKIES" not in os.environ:
+        os.environ["ADVBIAS_SECURE_COOKIES"] = "0"  # plain HTTP on this machine: the admin cookie must still work
+    db, _ = _database(args)  # fail fast, with one line, on a missing or old schema
+    db.dispose()
+    if args.workers is None:
+        from experiment import create_app
+
+        app = create_app()
+        print(f"advbias development server on http://{args.host}:{args.port}/ (use --workers N in production)")
+        app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+        return 0
+    _gunicorn(args)
+    return 0
+
+
+def _gunicorn(args: argparse.Namespace) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    options = {
+        "bind": f"{host}:{args.port}",
+        "workers": args.workers,
+        "worker_class": "gthread",
+        "threads": args.threads,
+        "timeout": 60,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "preload_app": False,  # each worker opens its own database connections
+    }
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):  # type: ignore[no-untyped-def]
+            from experiment import create_app
+
+            return create_app()
+
+    print(f"advbias on http://{options['bind']}/ with gunicorn, {args.workers} worker(s) x {args.threads} thread(s)")
+    sys.stdout.flush()
+    Server().run()
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from experiment.export import export_format, write_export
+    from experiment.study import NotFound
+
+    out = Path(args.out)
+    export_format(out)  # a bad file name fails before touching the database
+    db, _ = _database(args)
+    try:
+        n = write_export(db, args.slug, out)
+    except NotFound as exc:
+        raise ValueError(exc.message) from None
+    finally:
+        db.dispose()
+    print(f"wrote {n} answered trial(s) of {args.slug} to {out}")
+    return 0

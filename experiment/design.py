@@ -1,0 +1,406 @@
+"""Trial design: which pair of images each participant sees, on which side, in which order.
+
+Pure code (no database, no Flask) so that the balance guarantees can be checked
+directly and reproduced from the stored seed:
+
+* A **cell** is one combination of category pair ``A:B``, trial type
+  (``targets``, ``vs_clean``, ``vs_flip``, ``vs_noise``), budget and asked
+  category (A or B). An experiment with P pairs, C trial types and B budgets has
+  ``K = P * C * B * 2`` cells and ``K`` counterbalancing lists.
+* **Latin square across participants.** The usable source photos are sorted by
+  their hash; in list ``l`` the source at position ``i`` belongs to cell
+  ``(i + l) mod K``. Over the K lists every source image passes through every
+  budget, trial type and asked category once.
+* **Balance within a participant.** A participant sees ``n / K`` sources of every
+  cell (``n`` main trials, a multiple of K), so budgets, trial types and asked
+  categories are exactly balanced, and every main trial shows a different source.
+  The image perturbed toward the asked category is on the left in exactly half of
+  the main trials (and within each cell as evenly as its size allows).
+* **Catch trials** pair two clean images of different categories that the model
+  ensemble is confident about and ask about one of them; **practice trials** use
+  the first trial type at the largest budget. Both prefer sources the participant
+  does not see in a main trial; when the set has none to spare they reuse some.
+* The order (practice first, then main and catch trials shuffled together) and
+  every random choice come from ``random.Random(seed)``, the seed being stored
+  with the participant, so a sequence can always be rebuilt.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import Iterable, Sequence
+
+CONDITIONS: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise")
+#: The manifest condition of the image shown beside the one perturbed toward the asked category.
+OTHER_IMAGE: dict[str, str] = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
+DEFAULT_QUESTION = "Which image is more {category}-like?"
+SIDES = ("left", "right")
+
+
+@dataclass(frozen=True)
+class StimulusRow:
+    """The manifest fields the design uses (see docs/manifest.md)."""
+
+    stimulus_id: str
+    source: str
+    source_sha256: str
+    condition: str
+    pair: str = ""
+    target: str = ""
+    eps: int = 0
+    pair_key: str = ""
+    ensemble_category: str = ""
+    ensemble_category_prob: float | None = None
+
+
+@dataclass(frozen=True)
+class DesignConfig:
+    """The design choices of one experiment (``None`` means "everything the set offers")."""
+
+    conditions: tuple[str, ...] = ("targets",)
+    pairs: tuple[str, ...] | None = None
+    budgets: tuple[int, ...] | None = None
+    trials_per_participant: int | None = None
+    practice_trials: int = 2
+    catch_trials: int = 2
+    catch_min_prob: float = 0.5
+    question: str = DEFAULT_QUESTION
+    presentation_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One combination of pair, trial type, budget and asked category."""
+
+    pair: str
+    condition: str
+    eps: int
+    asked: str
+
+    @property
+    def other(self) -> str:
+        a, b = self.pair.split(":", 1)
+        return b if self.asked == a else a
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One planned trial, with everything the export needs to describe it."""
+
+    kind: str  # practice | main | catch
+    condition: str  # targets | vs_clean | vs_flip | vs_noise | catch
+    question: str
+    question_target: str
+    eps: int
+    source: str
+    source_sha256: str
+    pair_key: str
+    left_stimulus_id: str
+    right_stimulus_id: str
+    left_target: str
+    right_target: str
+    left_condition: str
+    right_condition: str
+    target_side: str
+    presentation_ms: int | None
+
+
+def question_text(template: str, category: str) -> str:
+    """The question for one category; the template's only field is ``{category}``."""
+    return template.format(category=category)
+
+
+def validate_question(template: str) -> None:
+    """Reject templates that would fail or could not name the category."""
+    try:
+        fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"question template {template!r} is malformed: {exc}") from exc
+    if set(fields) != {"category"}:
+        raise ValueError(f"question template {template!r} must contain {{category}} and no other field")
+
+
+@dataclass
+class _Images:
+    """Lookup tables over the manifest rows."""
+
+    adversarial: dict[tuple[str, str], StimulusRow] = field(default_factory=dict)
+    flip: dict[tuple[str, str], StimulusRow] = field(default_factory=dict)
+    noise: dict[str, StimulusRow] = field(default_factory=dict)
+    clean: dict[str, StimulusRow] = field(default_factory=dict)
+    source_name: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def index(cls, rows: Iterable[StimulusRow]) -> "_Images":
+        images = cls()
+        for row in sorted(rows, key=lambda r: r.stimulus_id):  # deterministic choice among duplicates
+            images.source_name.setdefault(row.source_sha256, row.source)
+            if row.condition == "adversarial":
+                images.adversarial.setdefault((row.pair_key, row.target), row)
+            elif row.condition == "flip":
+                images.flip.setdefault((row.pair_key, row.target), row)
+            elif row.condition == "noise":
+                images.noise.setdefault(row.pair_key, row)
+            elif row.condition == "clean":
+                images.clean.setdefault(row.source_sha256, row)
+        return images
+
+
+def pair_key(source_sha256: str, pair: str, eps: int) -> str:
+    """The manifest's key tying the versions of one source, pair and budget."""
+    a, b = pair.split(":", 1)
+    return f"{source_sha256[:16]}:{a}:{b}:{eps}"
+
+
+class Design:
+    """The resolved design of one experiment over one stimulus set.
+
+    Raises ``ValueError`` with a message naming the problem when the set cannot
+    carry the requested design (missing controls, too few source images, ...).
+    """
+
+    def __init__(self, stimuli: Sequence[StimulusRow], config: DesignConfig) -> None:
+        self.config = config
+        self.images = _Images.index(stimuli)
+        adversarial = [r for r in stimuli if r.condition == "adversarial"]
+        if not adversarial:
+            raise ValueError("the stimulus set has no adversarial images")
+
+        for cond in config.conditions:
+            if cond not in CONDITIONS:
+                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+        if not config.conditions or len(set(config.conditions)) != len(config.conditions):
+            raise ValueError("conditions must list at least one trial type, each once")
+        validate_question(config.question)
+
+        set_pairs = sorted({r.pair for r in adversarial})
+        self.pairs: tuple[str, ...] = tuple(config.pairs) if config.pairs is not None else tuple(set_pairs)
+        for pair in self.pairs:
+            if pair not in set_pairs:
+                raise ValueError(f"pair {pair!r} is not in the stimulus set (it has {', '.join(set_pairs)})")
+        if not self.pairs:
+            raise ValueError("pairs must list at least one category pair")
+        set_budgets = sorted({r.eps for r in adversarial if r.pair in self.pairs})
+        self.budgets: tuple[int, ...] = tuple(config.budgets) if config.budgets is not None else tuple(set_budgets)
+        for eps in self.budgets:
+            if eps not in set_budgets:
+                raise ValueError(
+                    f"budget {eps} is not in the stimulus set (it has {', '.join(map(str, set_budgets))})"
+                )
+        if not self.budgets or len(set(self.budgets)) != len(self.budgets):
+            raise ValueError("budgets must list at least one budget, each once")
+        needs = {"vs_flip": self.images.flip, "vs_noise": self.images.noise}
+        for cond, table in needs.items():
+            if cond in config.conditions and not table:
+                control = OTHER_IMAGE[cond]
+                raise ValueError(f"trial type {cond} needs {control} controls, and the stimulus set has none")
+
+        self.cells: tuple[Cell, ...] = tuple(
+            Cell(pair, cond, eps, asked)
+            for pair in self.pairs
+            for cond in config.conditions
+            for eps in self.budgets
+            for asked in pair.split(":", 1)
+        )
+        all_sources = sorted(self.images.source_name)
+        self.sources: tuple[str, ...] = tuple(s for s in all_sources if self._source_usable(s))
+        self.excluded_sources = len(all_sources) - len(self.sources)
+        k = len(self.cells)
+        if len(self.sources) < k:
+            raise ValueError(
+                f"the design has {k} cells (pairs x trial types x budgets x 2 asked categories) and needs "
+                f"at least one source image per cell; the stimulus set has {len(self.sources)} usable source images"
+            )
+        per_cell_max = len(self.sources) // k
+        if config.trials_per_participant is None:
+            self.n_main = per_cell_max * k
+        else:
+            n = config.trials_per_participant
+            if n <= 0 or n % k:
+                raise ValueError(
+                    f"trials_per_participant must be a positive multiple of {k} (the number of design cells) "
+                    f"so that every participant sees each combination equally often; got {n}"
+                )
+            if n > per_cell_max * k:
+                raise ValueError(
+                    f"trials_per_participant {n} needs {n // k} source images per cell, but the set has "
+                    f"{len(self.sources)} usable source images for {k} cells (at most {per_cell_max * k} trials)"
+                )
+            self.n_main = n
+        if config.practice_trials < 0 or config.catch_trials < 0:
+            raise ValueError("practice_trials and catch_trials cannot be negative")
+
+        self.catch_pool: dict[str, list[StimulusRow]] = defaultdict(list)
+        for row in sorted(self.images.clean.values(), key=lambda r: r.source_sha256):
+            prob = row.ensemble_category_prob
+            if row.ensemble_category and prob is not None and prob >= config.catch_min_prob:
+                self.catch_pool[row.ensemble_category].append(row)
+        if config.catch_trials and len(self.catch_pool) < 2:
+            raise ValueError(
+                f"catch trials need clean images of at least two categories that the ensemble rates "
+                f">= {config.catch_min_prob} (catch_min_prob); the set has {len(self.catch_pool)}: "
+                f"lower catch_min_prob or set catch_trials = 0"
+            )
+
+    # ------------------------------------------------------------------ structure
+
+    @property
+    def n_lists(self) -> int:
+        return len(self.cells)
+
+    @property
+    def n_trials(self) -> int:
+        return self.config.practice_trials + self.n_main + self.config.catch_trials
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-able description for the admin page and ``experiment create``."""
+        return {
+            "pairs": list(self.pairs),
+            "conditions": list(self.config.conditions),
+            "budgets": list(self.budgets),
+            "cells": len(self.cells),
+            "lists": self.n_lists,
+            "usable_sources": len(self.sources),
+            "excluded_sources": self.excluded_sources,
+            "main_trials": self.n_main,
+            "practice_trials": self.config.practice_trials,
+            "catch_trials": self.config.catch_trials,
+            "trials_per_participant": self.n_trials,
+            "catch_categories": sorted(self.catch_pool),
+        }
+
+    def _source_usable(self, sha: str) -> bool:
+        return all(self._images_for(cell, sha) is not None for cell in self.cells)
+
+    def _images_for(self, cell: Cell, sha: str) -> tuple[StimulusRow, StimulusRow] | None:
+        """(image toward the asked category, the other image) for one source, or None if missing."""
+        key = pair_key(sha, cell.pair, cell.eps)
+        toward = self.images.adversarial.get((key, cell.asked))
+        if toward is None:
+            return None
+        other_kind = OTHER_IMAGE[cell.condition]
+        if other_kind == "adversarial":
+            other = self.images.adversarial.get((key, cell.other))
+        elif other_kind == "clean":
+            other = self.images.clean.get(sha)
+        elif other_kind == "flip":
+            other = self.images.flip.get((key, cell.asked))
+        else:
+            other = self.images.noise.get(key)
+        return None if other is None else (toward, other)
+
+    def list_cells(self, list_index: int) -> dict[str, Cell]:
+        """The Latin-square row: the cell of every usable source in list ``list_index``."""
+        if not 0 <= list_index < self.n_lists:
+            raise ValueError(f"list {list_index} does not exist (0..{self.n_lists - 1})")
+        k = len(self.cells)
+        return {sha: self.cells[(i + list_index) % k] for i, sha in enumerate(self.sources)}
+
+    # ------------------------------------------------------------------ one participant
+
+    def _trial(self, kind: str, cell: Cell, sha: str, target_side: str) -> TrialSpec:
+        images = self._images_for(cell, sha)
+        assert images is not None
+        toward, other = images
+        other_target = other.target if other.condition == "adversarial" else ""
+        sides = {target_side: (toward, cell.asked), ("right" if target_side == "left" else "left"): (other, other_target)}
+        (left, left_target), (right, right_target) = sides["left"], sides["right"]
+        return TrialSpec(
+            kind=kind,
+            condition=cell.condition,
+            question=question_text(self.config.question, cell.asked),
+            question_target=cell.asked,
+            eps=cell.eps,
+            source=self.images.source_name[sha],
+            source_sha256=sha,
+            pair_key=toward.pair_key,
+            left_stimulus_id=left.stimulus_id,
+            right_stimulus_id=right.stimulus_id,
+            left_target=left_target,
+            right_target=right_target,
+            left_condition=left.condition,
+            right_condition=right.condition,
+            target_side=target_side,
+            presentation_ms=self.config.presentation_ms,
+        )
+
+    @staticmethod
+    def _prefer_unused(rng: random.Random, candidates: Sequence[str], used: set[str]) -> list[str]:
+        fresh = [c for c in candidates if c not in used]
+        seen = [c for c in candidates if c in used]
+        rng.shuffle(fresh)
+        rng.shuffle(seen)
+        return fresh + seen
+
+    def participant_trials(self, list_index: int, seed: int) -> list[TrialSpec]:
+        """The full sequence (practice, then main and catch shuffled) for one participant."""
+        rng = random.Random(seed)
+        k = len(self.cells)
+        per_cell = self.n_main // k
+        by_cell: dict[Cell, list[str]] = defaultdict(list)
+        for sha, cell in self.list_cells(list_index).items():
+            by_cell[cell].append(sha)
+
+        # Main trials: n/K sources per cell; sides alternate along the cell-ordered sequence.
+        start = rng.randrange(2)
+        main: list[TrialSpec] = []
+        used: set[str] = set()
+        position = 0
+        for cell in self.cells:
+            for sha in rng.sample(sorted(by_cell[cell]), per_cell):
+                main.append(self._trial("main", cell, sha, SIDES[(position + start) % 2]))
+                used.add(sha)
+                position += 1
+
+        # Catch trials: two confident clean images of different categories, asked side balanced.
+        catch: list[TrialSpec] = []
+        categories = sorted(self.catch_pool)
+        catch_used: set[str] = set(used)
+        start = rng.randrange(2)
+        for j in range(self.config.catch_trials):
+            asked, other = rng.sample(categories, 2)
+            chosen = []
+            for category in (asked, other):
+                pool = {r.source_sha256: r for r in self.catch_pool[category]}
+                sha = self._prefer_unused(rng, sorted(pool), catch_used)[0]
+                catch_used.add(sha)
+                chosen.append(pool[sha])
+            toward, beside = chosen
+            side = SIDES[(j + start) % 2]
+            left, right = (toward, beside) if side == "left" else (beside, toward)
+            catch.append(
+                TrialSpec(
+                    kind="catch",
+                    condition="catch",
+                    question=question_text(self.config.question, asked),
+                    question_target=asked,
+                    eps=0,
+                    source=left.source,
+                    source_sha256=left.source_sha256,
+                    pair_key="",
+                    left_stimulus_id=left.stimulus_id,
+                    right_stimulus_id=right.stimulus_id,
+                    left_target=left.ensemble_category,
+                    right_target=right.ensemble_category,
+                    left_condition="clean",
+                    right_condition="clean",
+                    target_side=side,
+                    presentation_ms=self.config.presentation_ms,
+                )
+            )
+
+        # Practice: the first trial type at the largest budget, asked category and side alternating.
+        practice: list[TrialSpec] = []
+        pair = self.pairs[0]
+        a, b = pair.split(":", 1)
+        start = rng.randrange(2)
+        order = self._prefer_unused(rng, self.sources, used | catch_used)
+        for j in range(self.config.practice_trials):
+            cell = Cell(pair, self.config.conditions[0], max(self.budgets), (a, b)[j % 2])
+            practice.append(self._trial("practice", cell, order[j % len(order)], SIDES[(j + start) % 2]))
+
+        body = main + catch
+        rng.shuffle(body)
+        return practice + body

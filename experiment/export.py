@@ -1,0 +1,136 @@
+"""The trial export: one row per answered trial (docs/export.md), as CSV or Parquet.
+
+The analysis stage reads this file and nothing else, so every column the
+analysis or a reader of the paper might need is spelled out here, derived from
+the stored trial plan and response in one query.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from experiment.db import Database
+from experiment.models import Experiment, Participant, Response, Trial
+from experiment.study import get_experiment, iso_utc
+
+#: Column order of the export (documented in docs/export.md).
+COLUMNS: tuple[str, ...] = (
+    "experiment", "participant", "prolific_pid", "study_id", "session_id", "participant_status", "list", "seed",
+    "trial_index", "kind", "condition", "question", "question_target", "eps", "source", "pair_key",
+    "left_stimulus_id", "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
+    "target_side", "response", "chosen_target", "chose_question_target", "response_source", "rt_ms",
+    "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz", "fullscreen", "blurred", "blur_events",
+    "server_received_at",
+)
+INT_COLUMNS = ("list", "seed", "trial_index", "eps", "chose_question_target", "fullscreen", "blurred", "blur_events")
+FLOAT_COLUMNS = ("rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz")
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
+    """Every answered trial of experiment ``slug``, ordered by participant and trial index."""
+    with db.session() as s:
+        exp = get_experiment(s, slug)
+        query = (
+            select(Trial, Response, Participant)
+            .join(Response, Response.trial_id == Trial.id)
+            .join(Participant, Participant.id == Trial.participant_id)
+            .where(Participant.experiment_id == exp.id)
+            .order_by(Participant.created_at, Participant.id, Trial.index)
+        )
+        rows = []
+        for trial, resp, part in s.execute(query):
+            chosen = trial.left_target if resp.response == "left" else trial.right_target
+            rows.append(
+                {
+                    "experiment": exp.slug,
+                    "participant": part.public_id,
+                    "prolific_pid": part.prolific_pid or "",
+                    "study_id": part.study_id or "",
+                    "session_id": part.session_id or "",
+                    "participant_status": part.status,
+                    "list": part.list_index,
+                    "seed": part.seed,
+                    "trial_index": trial.index,
+                    "kind": trial.kind,
+                    "condition": trial.condition,
+                    "question": trial.question,
+                    "question_target": trial.question_target,
+                    "eps": trial.eps,
+                    "source": trial.source,
+                    "pair_key": trial.pair_key,
+                    "left_stimulus_id": trial.left_stimulus_id,
+                    "right_stimulus_id": trial.right_stimulus_id,
+                    "left_target": trial.left_target,
+                    "right_target": trial.right_target,
+                    "left_condition": trial.left_condition,
+                    "right_condition": trial.right_condition,
+                    "target_side": trial.target_side,
+                    "response": resp.response,
+                    "chosen_target": chosen,
+                    "chose_question_target": int(resp.response == trial.target_side),
+                    "response_source": resp.response_source,
+                    "rt_ms": resp.rt_ms,
+                    "presentation_ms": trial.presentation_ms,
+                    "onset_frame_ms": resp.onset_frame_ms,
+                    "offset_frame_ms": resp.offset_frame_ms,
+                    "refresh_hz": part.refresh_hz,
+                    "fullscreen": int(resp.fullscreen),
+                    "blurred": int(resp.blurred),
+                    "blur_events": resp.blur_events,
+                    "server_received_at": iso_utc(resp.server_received_at),
+                }
+            )
+    return rows
+
+
+def export_frame(db: Database, slug: str):  # type: ignore[no-untyped-def]
+    """The export as a pandas DataFrame with stable dtypes (also when it has no rows)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(export_rows(db, slug), columns=list(COLUMNS))
+    for col in INT_COLUMNS:
+        frame[col] = frame[col].astype("int64")
+    for col in FLOAT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in COLUMNS:
+        if col not in INT_COLUMNS and col not in FLOAT_COLUMNS:
+            frame[col] = frame[col].astype("str")
+    return frame
+
+
+def export_format(path: Path) -> str:
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {path}: use a .csv or .parquet file name")
+    return fmt
+
+
+def _write(frame, target, fmt: str) -> None:  # type: ignore[no-untyped-def]
+    if fmt == "csv":
+        frame.to_csv(target, index=False, lineterminator="\n")
+    else:
+        frame.to_parquet(target, index=False, engine="pyarrow")
+
+
+def export_bytes(db: Database, slug: str, fmt: str) -> bytes:
+    """The export file's bytes (for the admin's download button)."""
+    buffer = io.BytesIO()
+    _write(export_frame(db, slug), buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_export(db: Database, slug: str, out: Path) -> int:
+    """Write the export to ``out`` atomically (a crash never leaves half a file); returns the row count."""
+    out = Path(out)
+    fmt = export_format(out)
+    if not out.parent.exists():
+        raise FileNotFoundError(f"folder {out.parent} does not exist")
+    frame = export_frame(db, slug)
+    tmp = out.with_name(f".{out.name}.partial")
+    _write(frame, tmp, fmt)
+    tmp.replace(out)
+    return len(frame)

@@ -1,0 +1,285 @@
+"""Shared fixtures: a real stimulus set, real databases (SQLite and PostgreSQL), the app.
+
+* ``stimulus_set`` builds a small real set once with ``stimuli.generate_set``
+  (builtin photos, cat:truck, budgets 2 and 16, flip and noise controls) and keeps
+  it in pytest's cache folder, so later sessions only re-validate it.
+* ``database_url`` is parametrized over ``sqlite`` and ``postgresql``: every test
+  that uses it (directly or through ``app``) runs on both. SQLite is a file in a
+  temporary folder; PostgreSQL is the server on 127.0.0.1:5432 when one answers,
+  otherwise a private server started for the session (initdb + pg_ctl on a free
+  loopback port). Each session creates its own uniquely named database and drops
+  only that one at the end.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from glob import glob
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+TABLES = ("responses", "trials", "participants", "stimuli", "experiments", "admins")
+SET_PARAMS: dict[str, Any] = dict(
+    images="builtin", pairs=[("cat", "truck")], eps=[2, 16], steps=1, models=["lite0"],
+    controls=("flip", "noise"), limit=8, seed=0,
+)
+
+
+# --------------------------------------------------------------------------- stimulus set
+
+@pytest.fixture(scope="session")
+def stimulus_set(request: pytest.FixtureRequest) -> Path:
+    """A small real stimulus set: 8 builtin photos x cat:truck x eps {2, 16}, flip and noise controls."""
+    import hashlib
+    import json
+
+    import stimuli
+
+    key = hashlib.sha256(json.dumps(SET_PARAMS, sort_keys=True).encode()).hexdigest()[:12]
+    out = Path(request.config.cache.mkdir(f"advbias-stimulus-set-{key}")) / "set"
+    try:
+        return Path(stimuli.generate_set(out=out, progress=False, **SET_PARAMS))
+    except (ValueError, FileNotFoundError):  # a stale cached set from older code: build it afresh
+        shutil.rmtree(out, ignore_errors=True)
+        return Path(stimuli.generate_set(out=out, progress=False, **SET_PARAMS))
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+def _pg_answers(host: str, port: int) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """``host:port`` of a PostgreSQL server that accepts user postgres without a password."""
+    if _pg_answers("127.0.0.1", 5432):
+        yield "127.0.0.1:5432"
+        return
+    bins = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); .ci/run installs it")
+    bindir = Path(bins[-1]).parent
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    workdir = Path(tempfile.mkdtemp(prefix="advbias-pg-"))
+    if as_root:
+        shutil.chown(workdir, "postgres", "postgres")
+    data = workdir / "data"
+    port = _free_port()
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True, capture_output=True,
+    )
+    options = f"-p {port} -h 127.0.0.1 -k {workdir} -c fsync=off"
+    subprocess.run(
+        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(workdir / "log"), "-w", "start"],
+        check=True, capture_output=True,
+    )
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- databases
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An upgraded database for this session, on SQLite and on PostgreSQL."""
+    from experiment.db import Database, upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'advbias.db'}"
+        db = Database(url)
+        upgrade(db.engine)
+        db.dispose()
+        yield url
+        return
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    host, port = server.split(":")
+    name = f"advbias_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@{server}/{name}"
+    db = Database(url)
+    upgrade(db.engine)
+    db.dispose()
+    try:
+        yield url
+    finally:
+        with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def _truncators() -> Iterator[dict[str, Any]]:
+    engines: dict[str, Any] = {}
+    yield engines
+    for db in engines.values():
+        db.dispose()
+
+
+@pytest.fixture
+def clean_database(database_url: str, _truncators: dict[str, Any]) -> str:
+    """The session's database, emptied (the schema stays) before the test."""
+    from sqlalchemy import text
+
+    from experiment.db import Database
+
+    db = _truncators.get(database_url)
+    if db is None:
+        db = _truncators[database_url] = Database(database_url)
+    with db.engine.begin() as conn:
+        if db.is_sqlite:
+            for table in TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+        else:
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def instance_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One instance folder per session: the content-addressed image store is shared by all tests."""
+    return tmp_path_factory.mktemp("instance")
+
+
+@pytest.fixture
+def app_config(clean_database: str, instance_dir: Path) -> dict[str, Any]:
+    return {
+        "TESTING": True,
+        "DATABASE_URL": clean_database,
+        "INSTANCE_PATH": str(instance_dir),
+        "SECRET_KEY": "test-" + secrets.token_hex(8),
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from experiment import create_app
+
+    application = create_app(app_config)
+    yield application
+    application.extensions["advbias"].db.dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def db(app):  # type: ignore[no-untyped-def]
+    return app.extensions["advbias"].db
+
+
+@pytest.fixture
+def make_experiment(app, stimulus_set: Path) -> Callable[..., str]:  # type: ignore[no-untyped-def]
+    """Create an experiment from the session's stimulus set; keyword arguments are TOML config keys."""
+    from experiment.study import create_experiment
+
+    state = app.extensions["advbias"]
+
+    def make(slug: str = "study", **config: Any) -> str:
+        exp, _design, created = create_experiment(state.db, slug, stimulus_set, config, state.store)
+        assert created
+        return exp.slug
+
+    return make
+
+
+@pytest.fixture
+def experiment(make_experiment: Callable[..., str]) -> str:
+    """The default test experiment: targets at eps 2 and 16, 8 main + 2 practice + 2 catch trials."""
+    return make_experiment("study", completion_code="DONE-1234", screenout_code="OUT-5678")
+
+
+# --------------------------------------------------------------------------- a participant, through the API
+
+class ParticipantDriver:
+    """Drives one participant through the JSON API the way run.js does."""
+
+    def __init__(self, client: Any, slug: str, prolific_pid: str | None = None) -> None:
+        self.client = client
+        self.slug = slug
+        body = {"prolific_pid": prolific_pid, "study_id": "STUDY", "session_id": "SESSION"} if prolific_pid else {}
+        response = client.post(f"/api/v1/experiments/{slug}/participants", json=body)
+        assert response.status_code in (200, 201), response.get_json()
+        self.created = response.status_code == 201
+        self.state = response.get_json()
+        self.token = self.state["token"]
+
+    @property
+    def base(self) -> str:
+        return f"/api/v1/participants/{self.token}"
+
+    def prepare(self) -> "ParticipantDriver":
+        assert self.client.post(f"{self.base}/consent", json={"consent": True}).status_code == 200
+        check = {"window_width": 1280, "window_height": 800, "refresh_hz": 60.0, "device_pixel_ratio": 1.0}
+        response = self.client.post(f"{self.base}/browser-check", json=check)
+        assert response.status_code == 200, response.get_json()
+        self.state = response.get_json()
+        return self
+
+    def trials(self, start: int = 0) -> list[dict[str, Any]]:
+        response = self.client.get(f"{self.base}/trials?start={start}&count=500")
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["trials"]
+
+    def answer(self, trial: dict[str, Any], response: str = "left", key: str | None = None, **extra: Any):  # type: ignore[no-untyped-def]
+        body = {
+            "trial_id": trial["id"], "idempotency_key": key or uuid.uuid4().hex, "response": response,
+            "response_source": "key", "rt_ms": 612.5, "onset_frame_ms": 1000.0 + trial["index"],
+            "offset_frame_ms": None, "fullscreen": True, "blurred": False, "blur_events": 0, **extra,
+        }
+        return self.client.post(f"{self.base}/responses", json=body)
+
+    def answer_all(self, choose: Callable[[dict[str, Any]], str] = lambda t: "left") -> list[dict[str, Any]]:
+        trials = self.trials(self.get_state()["next_index"])
+        for trial in trials:
+            response = self.answer(trial, choose(trial))
+            assert response.status_code == 200, response.get_json()
+        return trials
+
+    def get_state(self) -> dict[str, Any]:
+        response = self.client.get(self.base)
+        assert response.status_code == 200
+        self.state = response.get_json()
+        return self.state
+
+    def finish(self, text: str = "nothing unusual"):  # type: ignore[no-untyped-def]
+        return self.client.post(f"{self.base}/finish", json={"text": text})
+
+
+@pytest.fixture
+def participant(client) -> Callable[..., ParticipantDriver]:  # type: ignore[no-untyped-def]
+    def make(slug: str, prolific_pid: str | None = None) -> ParticipantDriver:
+        return ParticipantDriver(client, slug, prolific_pid)
+
+    return make
