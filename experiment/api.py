@@ -143,7 +143,7 @@ TOKEN_PARAM = {"name": "token", "in": "path", "required": True, "schema": {"type
                "description": "the participant's secret token returned by the start call"}
 
 
-def _field_schema(spec: dict[str, tuple[str, float, float]], required: list[str]) -> dict[str, Any]:
+def _field_schema(spec: dict[str, study.FieldSpec], required: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for name, (kind, low, high) in spec.items():
         if kind == "bool":
@@ -152,14 +152,14 @@ def _field_schema(spec: dict[str, tuple[str, float, float]], required: list[str]
             props[name] = {"type": "integer", "minimum": low, "maximum": high}
         elif kind == "number":
             props[name] = {"type": "number", "minimum": low, "maximum": high}
+        elif kind == "enum":
+            props[name] = {"type": "string", "enum": list(low)}
         else:
             props[name] = {"type": "string", "minLength": int(low), "maxLength": int(high)}
     return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
 
 
 _response_schema = _field_schema(study.RESPONSE_FIELDS, ["trial_id", "idempotency_key", "response", "rt_ms"])
-_response_schema["properties"]["response"] = {"type": "string", "enum": ["left", "right"]}
-_response_schema["properties"]["response_source"] = {"type": "string", "enum": ["key", "click"]}
 _response_schema["properties"]["idempotency_key"] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}
 
 OPENAPI: dict[str, Any] = {

@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+
+
+class CommandError(ValueError):
+    """A problem the user can fix; the ``advbias`` root prints it as one line and exits with status 2.
+
+    (A ValueError rather than ``experiment.cli.CLIError`` so that it is recognised
+    however the root was started, ``advbias`` or ``python -m experiment.cli``.)
+    """
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -88,19 +96,18 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _database(args: argparse.Namespace, *, check: bool = True):  # type: ignore[no-untyped-def]
     from experiment.db import Database, SchemaError, check_schema
-    from experiment.cli import CLIError
 
     settings = _settings(args)
     try:
         db = Database(settings["DATABASE_URL"])
     except ImportError as exc:
-        raise CLIError(f"cannot open the database: {exc}") from None
+        raise CommandError(f"cannot open the database: {exc}") from None
     if check:
         try:
             check_schema(db.engine)
         except SchemaError as exc:
             db.dispose()
-            raise CLIError(str(exc)) from None
+            raise CommandError(str(exc)) from None
     return db, settings
 
 
@@ -113,14 +120,13 @@ def _describe_url(url: str) -> str:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from experiment.cli import CLIError
     from experiment.db import upgrade
 
     db, settings = _database(args, check=False)
     try:
         before, after = upgrade(db.engine)
     except OperationalError as exc:
-        raise CLIError(f"cannot reach the database: {str(exc.orig).strip().splitlines()[0]}") from None
+        raise CommandError(f"cannot reach the database: {str(exc.orig).strip().splitlines()[0]}") from None
     finally:
         db.dispose()
     where = _describe_url(settings["DATABASE_URL"])
@@ -196,7 +202,6 @@ def cmd_admin_set_password(args: argparse.Namespace) -> int:
     import secrets
 
     from experiment.admin import set_password
-    from experiment.cli import CLIError
 
     if args.generate:
         password = secrets.token_urlsafe(12)
@@ -205,9 +210,9 @@ def cmd_admin_set_password(args: argparse.Namespace) -> int:
     elif sys.stdin.isatty():
         password = getpass.getpass("new admin password: ")
         if getpass.getpass("again: ") != password:
-            raise CLIError("the two passwords differ")
+            raise CommandError("the two passwords differ")
     else:
-        raise CLIError("no terminal to ask for the password: use --password-stdin or --generate")
+        raise CommandError("no terminal to ask for the password: use --password-stdin or --generate")
     db, _ = _database(args)
     try:
         set_password(db, password, args.user)
@@ -221,14 +226,13 @@ def cmd_admin_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from experiment.cli import CLIError
 
     if not 1 <= args.port <= 65535:
-        raise CLIError(f"port {args.port} is outside 1..65535")
+        raise CommandError(f"port {args.port} is outside 1..65535")
     if args.workers is not None and not 1 <= args.workers <= 256:
-        raise CLIError("--workers must be between 1 and 256")
+        raise CommandError("--workers must be between 1 and 256")
     if not 1 <= args.threads <= 256:
-        raise CLIError("--threads must be between 1 and 256")
+        raise CommandError("--threads must be between 1 and 256")
     if args.host in LOOPBACK and "ADVBIAS_SECURE_COOKIES" not in os.environ:
         os.environ["ADVBIAS_SECURE_COOKIES"] = "0"  # plain HTTP on this machine: the admin cookie must still work
     db, _ = _database(args)  # fail fast, with one line, on a missing or old schema

@@ -575,7 +575,10 @@ def record_consent(db: Database, token: Any) -> dict[str, Any]:
         return participant_state(session, participant)
 
 
-BROWSER_FIELDS: dict[str, tuple[str, float, float]] = {
+#: A field spec is (kind, low, high) with kind bool/int/number/str (ranges or lengths), or ("enum", choices, None).
+FieldSpec = tuple[str, Any, Any]
+
+BROWSER_FIELDS: dict[str, FieldSpec] = {
     "window_width": ("int", 0, 100_000),
     "window_height": ("int", 0, 100_000),
     "screen_width": ("int", 0, 100_000),
@@ -588,7 +591,7 @@ BROWSER_FIELDS: dict[str, tuple[str, float, float]] = {
 }
 
 
-def validate_fields(payload: Any, spec: Mapping[str, tuple[str, float, float]], required: Iterable[str]) -> dict:
+def validate_fields(payload: Any, spec: Mapping[str, FieldSpec], required: Iterable[str]) -> dict:
     """Check a JSON object against a flat field spec: types, ranges, required and unknown keys."""
     if not isinstance(payload, dict):
         raise StudyError("the request body must be a JSON object")
@@ -619,7 +622,11 @@ def validate_fields(payload: Any, spec: Mapping[str, tuple[str, float, float]], 
             value = float(value)
         elif kind == "str":
             if not isinstance(value, str) or not low <= len(value) <= high:
-                raise StudyError(f"field {key} must be a string of at most {high:g} characters")
+                size = f"at most {high:g}" if low == 0 else f"{low:g} to {high:g}"
+                raise StudyError(f"field {key} must be a string of {size} characters")
+        elif kind == "enum":
+            if value not in low:
+                raise StudyError(f"field {key} must be one of {', '.join(map(repr, low))}")
         out[key] = value
     return out
 
@@ -672,11 +679,11 @@ def list_trials(db: Database, token: Any, start: int | None, count: int) -> dict
                 "trials": [trial_view(t) for t in trials]}
 
 
-RESPONSE_FIELDS: dict[str, tuple[str, float, float]] = {
+RESPONSE_FIELDS: dict[str, FieldSpec] = {
     "trial_id": ("str", 1, 32),
     "idempotency_key": ("str", 8, 64),
-    "response": ("str", 4, 5),
-    "response_source": ("str", 3, 5),
+    "response": ("enum", ("left", "right"), None),
+    "response_source": ("enum", ("key", "click"), None),
     "rt_ms": ("number", 0, 3_600_000),
     "onset_frame_ms": ("number", 0, 1e12),
     "offset_frame_ms": ("number", 0, 1e12),
@@ -714,11 +721,7 @@ def _replay(session: Session, participant_id: int, n_trials: int, key: str, tria
 def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, Any], bool]:
     """Store one answer; returns (answer, replayed). Raises NotFound/Conflict/Forbidden/StudyError."""
     data = validate_fields(payload, RESPONSE_FIELDS, ("trial_id", "idempotency_key", "response", "rt_ms"))
-    if data["response"] not in ("left", "right"):
-        raise StudyError("field response must be 'left' or 'right'")
     source = data.get("response_source") or "key"
-    if source not in ("key", "click"):
-        raise StudyError("field response_source must be 'key' or 'click'")
     key, trial_pid = data["idempotency_key"], data["trial_id"]
     if not KEY_RE.match(key):
         raise StudyError("idempotency_key must be 8-64 letters, digits, '-' or '_'")
