@@ -21,6 +21,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+## demo: small stimulus set (resumed if present), the "demo" experiment on SQLite, a fresh admin password,
+##       then the development server on http://127.0.0.1:$(DEMO_PORT); everything lives in $(DEMO_DIR)
+demo: export ADVBIAS_INSTANCE_PATH := $(abspath $(DEMO_DIR))
+demo: install
+	$(ADVBIAS) stimuli generate --images builtin --pairs cat:truck --eps 2,4,8,16 --steps 10 --limit 8 \
+	  --controls flip,noise --out $(DEMO_DIR)/set
+	$(ADVBIAS) db upgrade
+	$(ADVBIAS) experiment create --stimuli $(DEMO_DIR)/set --name demo --base-url http://127.0.0.1:$(DEMO_PORT)
+	@$(ADVBIAS) admin set-password --generate
+	@echo ""
+	@echo "  Take part:  http://127.0.0.1:$(DEMO_PORT)/run/demo"
+	@echo "  Admin:      http://127.0.0.1:$(DEMO_PORT)/admin/  (user admin, the password printed above)"
+	@echo ""
+	$(ADVBIAS) serve --host 127.0.0.1 --port $(DEMO_PORT)
+
 ## test: the whole test suite
 test: install
 	$(PY) -m pytest -q

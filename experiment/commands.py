@@ -263,12 +263,15 @@ def _gunicorn(args: argparse.Namespace) -> None:
         "accesslog": None,
         "errorlog": "-",
         "preload_app": False,  # each worker opens its own database connections
+        # No runtime control socket (gunicorn >= 23 puts one in $HOME, shared by every server started there).
+        "control_socket_disable": True,
     }
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # settings that an older gunicorn lacks are skipped
+                    self.cfg.set(key, value)
 
         def load(self):  # type: ignore[no-untyped-def]
             from experiment import create_app

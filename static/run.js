@@ -61,7 +61,11 @@
 
   // ------------------------------------------------------------------ screens and the continue button
 
+  /* data-phase on #app names what the page is doing (for people and automated tests alike). */
+  function phase(name) { app.dataset.phase = name; }
+
   function show(id, label, handler) {
+    phase(id.replace("screen-", ""));
     var screens = document.querySelectorAll(".screen");
     for (var i = 0; i < screens.length; i++) screens[i].hidden = screens[i].id !== id;
     if (handler) {
@@ -401,6 +405,7 @@
     left.src = trial.left;
     right.src = trial.right;
     var decoded = Promise.all([left.decode(), right.decode()]).catch(function () {});
+    phase("fixation");
     if (CFG.fixationMs > 0) await waitMs(CFG.fixationMs);
     await decoded;
 
@@ -415,6 +420,7 @@
         question.classList.remove("off");
         onset = t;
         trialHandler = respond;
+        phase("response");
         if (trial.presentation_ms) {
           var frame = 1000 / 60;
           var last = t;
@@ -463,6 +469,7 @@
     question.classList.add("off");
     $("mask-left").hidden = true;
     $("mask-right").hidden = true;
+    phase("saving");
     result.blurred = blurEvents > 0;
     result.blur_events = blurEvents;
     return result;
