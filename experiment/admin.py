@@ -7,6 +7,7 @@ form included.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import math
 import secrets
@@ -52,6 +53,11 @@ def set_password(db: Database, password: str, username: str = USERNAME) -> None:
             admin.updated_at = utcnow()
 
 
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return generate_password_hash(secrets.token_hex(16))
+
+
 def _db() -> Database:
     return current_app.extensions["advbias"].db
 
@@ -87,10 +93,12 @@ def login():  # type: ignore[no-untyped-def]
     if request.method == "POST":
         username = request.form.get("username") or USERNAME
         password = request.form.get("password", "")
-        with _db().session() as s:
-            admin = s.scalar(select(Admin).where(Admin.username == username))
-        # Hash even for unknown users so the answer time does not reveal which names exist.
-        stored = admin.password_hash if admin else generate_password_hash("no-such-user")
+        admin = None
+        if study.SLUG_RE.match(username):
+            with _db().session() as s:
+                admin = s.scalar(select(Admin).where(Admin.username == username))
+        # Check a hash even for unknown users so the answer time does not reveal which names exist.
+        stored = admin.password_hash if admin else _dummy_hash()
         if check_password_hash(stored, password) and admin is not None:
             session.clear()  # a fresh session (and CSRF token) after login
             session["admin"] = username

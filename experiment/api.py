@@ -7,6 +7,7 @@ fields are refused, so a typo never silently drops data).
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -28,7 +29,12 @@ def _body(optional: bool = False) -> Any:
         if optional:
             return {}
         raise study.StudyError("the request body must be a JSON object")
-    payload = request.get_json(silent=True, force=True)
+    try:
+        # Parsed here rather than by Flask so that every malformed body, deeply nested ones
+        # included (RecursionError), is a 400 and never a 500.
+        payload = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise study.StudyError("the request body is not valid JSON") from None
     if payload is None:
         raise study.StudyError("the request body is not valid JSON")
     return payload

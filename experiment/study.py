@@ -624,11 +624,22 @@ def validate_fields(payload: Any, spec: Mapping[str, FieldSpec], required: Itera
             if not isinstance(value, str) or not low <= len(value) <= high:
                 size = f"at most {high:g}" if low == 0 else f"{low:g} to {high:g}"
                 raise StudyError(f"field {key} must be a string of {size} characters")
+            if "\x00" in value or not _encodable(value):
+                raise StudyError(f"field {key} contains characters that cannot be stored")
         elif kind == "enum":
             if value not in low:
                 raise StudyError(f"field {key} must be one of {', '.join(map(repr, low))}")
         out[key] = value
     return out
+
+
+def _encodable(text: str) -> bool:
+    """False for lone surrogates ("\\ud800" in JSON), which no database can store as text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def record_browser_check(db: Database, token: Any, payload: Any) -> dict[str, Any]:

@@ -7,8 +7,9 @@
   that uses it (directly or through ``app``) runs on both. SQLite is a file in a
   temporary folder; PostgreSQL is the server on 127.0.0.1:5432 when one answers,
   otherwise a private server started for the session (initdb + pg_ctl on a free
-  loopback port). Each session creates its own uniquely named database and drops
-  only that one at the end.
+  loopback port; ``ADVBIAS_TEST_PRIVATE_POSTGRES=1`` forces the private server).
+  Each session creates its own uniquely named database and drops only that one
+  at the end.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """``host:port`` of a PostgreSQL server that accepts user postgres without a password."""
-    if _pg_answers("127.0.0.1", 5432):
+    if os.environ.get("ADVBIAS_TEST_PRIVATE_POSTGRES") != "1" and _pg_answers("127.0.0.1", 5432):
         yield "127.0.0.1:5432"
         return
     bins = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))

@@ -42,6 +42,10 @@ def test_password_is_stored_hashed_and_checked(client, db) -> None:  # type: ign
     assert PASSWORD not in stored and stored.startswith(("scrypt:", "pbkdf2:"))
     assert client.get("/admin/").status_code == 302  # not logged in: to the login page
     assert client.get("/admin/").headers["Location"].endswith("/admin/login")
+    token = csrf_from(client.get("/admin/login").get_data(as_text=True))
+    for username in ("a\x00b", "nobody", "x" * 500):
+        strange = client.post("/admin/login", data={"username": username, "password": PASSWORD, "csrf_token": token})
+        assert strange.status_code == 401
     wrong = login(client, "not the password")
     assert wrong.status_code == 401 and "wrong user name or password" in wrong.get_data(as_text=True)
     assert client.get("/admin/").status_code == 302

@@ -55,6 +55,9 @@ def test_bad_response_bodies(client, db, experiment, participant, change, messag
         (b"\xff\xfe\x00", "application/json", 400, "not valid JSON"),
         (b"x" * (70 * 1024), "application/json", 413, "too large"),
         (b"response=left", "application/x-www-form-urlencoded", 400, "not valid JSON"),
+        (b"[" * 50_000, "application/json", 400, "not valid JSON"),
+        (b'{"a":' * 9_000 + b"1" + b"}" * 9_000, "application/json", 400, "not valid JSON"),
+        (b"null", "application/json", 400, "not valid JSON"),
     ],
 )
 def test_malformed_bodies(client, db, experiment, participant, data, content_type, status, message) -> None:  # type: ignore[no-untyped-def]
@@ -82,6 +85,28 @@ def test_bad_start_and_lookup(client, db, experiment) -> None:  # type: ignore[n
     assert stored(db) == (0, 0)
     assert client.get("/api/v1/participants/unknown-token").status_code == 404
     assert client.get("/api/v1/participants/bad%20token").get_json() == {"error": "unknown participant"}
+
+
+def test_text_that_cannot_be_stored_is_refused(client, db, experiment, participant) -> None:  # type: ignore[no-untyped-def]
+    """NUL characters and lone surrogates would make PostgreSQL fail: they are a 400, not a 500."""
+    p = participant(experiment).prepare()
+    p.answer_all()
+    for body in (b'{"text": "a\\u0000b"}', b'{"text": "\\ud800"}'):
+        reply = client.post(f"{p.base}/finish", data=body, content_type="application/json")
+        assert reply.status_code == 400 and "cannot be stored" in reply.get_json()["error"]
+    assert p.get_state()["status"] == "in_progress"
+    reply = client.post(f"/api/v1/experiments/{experiment}/participants",
+                        data=b'{"prolific_pid": "\\ud800"}', content_type="application/json")
+    assert reply.status_code == 400
+    check = client.post(f"/api/v1/experiments/{experiment}/participants", json={})
+    token = check.get_json()["token"]
+    client.post(f"/api/v1/participants/{token}/consent")
+    bad_agent = client.post(f"/api/v1/participants/{token}/browser-check",
+                            json={"window_width": 900, "window_height": 600, "user_agent": "x\x00y"})
+    assert bad_agent.status_code == 400
+    login = client.post("/admin/login", data={"username": "a\x00b", "password": "x"})
+    assert login.status_code == 400  # no CSRF token: refused before anything else
+    assert stored(db) == (2, 12)
 
 
 def test_bad_query_and_routes(client, experiment, participant) -> None:  # type: ignore[no-untyped-def]
