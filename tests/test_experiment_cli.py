@@ -331,3 +331,21 @@ def test_command_line_errors_are_one_line(tmp_path) -> None:  # type: ignore[no-
     one_line_error(result.stderr, "the database has no advbias schema: run `advbias db upgrade`")
     assert not (tmp_path / "x.csv").exists()
     assert Path(tmp_path / "advbias.db").exists()  # the default database lives in the instance folder
+
+
+def test_link_option_symlinks_images(cli, clean_database, stimulus_set, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from experiment import create_app
+
+    instance = tmp_path / "linked"
+    status, _, err = cli("experiment", "create", "--stimuli", stimulus_set, "--name", "linked", "--link",
+                         "--instance", instance, "--database-url", clean_database)
+    assert status == 0, err
+    files = sorted((instance / "stimuli").iterdir())
+    assert len(files) == 88 and all(f.is_symlink() for f in files)
+    assert all(f.resolve().parent == (stimulus_set / "images").resolve() for f in files)
+    app = create_app({"DATABASE_URL": clean_database, "INSTANCE_PATH": str(instance), "SECRET_KEY": "k"})
+    try:
+        reply = app.test_client().get(f"/stimuli/{files[0].name}")
+        assert reply.status_code == 200 and reply.data == files[0].read_bytes()
+    finally:
+        app.extensions["advbias"].db.dispose()
