@@ -1,0 +1,215 @@
+"""``advbias analyze``, ``advbias power``, ``advbias simulate`` and ``advbias simulate-export``.
+
+Only argparse is imported here; pandas, scipy and requests load inside the
+handlers so that ``advbias --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _eps_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of budgets") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("budgets must be positive whole numbers, e.g. 2,4,8,16")
+    return values
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .report import run_analysis
+
+    tables = run_analysis(args.export, args.out, args.config, progress=not args.quiet)
+    out = Path(args.out)
+    by_condition = tables["bias_by_condition"]
+    for row in by_condition.itertuples(index=False):
+        print(f"{row.condition}: bias {row.bias:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}], "
+              f"t({row.dof:g}) = {row.t:.2f}, p = {row.p:.3g}, n = {row.n_participants}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _power(args: argparse.Namespace) -> int:
+    from .simulation import power_analysis
+
+    participant_sd, image_sd, n_images = args.participant_sd, args.image_sd, args.images
+    if args.pilot:
+        from .config import as_config
+        from .data import load_export
+        from .stats import apply_exclusions, mixed_model
+
+        df = load_export(args.pilot)
+        kept, _ = apply_exclusions(df, as_config(args.config))
+        main = kept[(kept["kind"] == "main") & (kept["condition"] == args.condition)]
+        if main.empty:
+            raise ValueError(f"the pilot export has no main trials of condition {args.condition!r} after exclusions")
+        table = mixed_model(main, as_config(args.config), models=("intercept",))
+        sds = table[table["effect"] == "ran_pars"].set_index("term")["estimate"]
+        participant_sd = float(sds.get("sd(participant)", participant_sd))
+        image_sd = float(sds.get("sd(source)", image_sd))
+        n_images = args.images if args.images_given else int(main["source"].nunique())
+        print(f"from the pilot ({args.condition}): participant SD {participant_sd:.3f}, image SD {image_sd:.3f}, "
+              f"{n_images} images", file=sys.stderr)
+    result = power_analysis(
+        args.bias, args.trials, args.alpha, args.power, participant_sd=participant_sd, image_sd=image_sd,
+        n_images=n_images, sims=args.sims, seed=args.seed, test=args.test,
+        max_participants=args.max_participants, progress=not args.quiet,
+    )
+    print(result.summary())
+    if args.curve:
+        result.curve.to_csv(args.curve, index=False)
+        print(f"power curve: {args.curve}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulation import parse_bias, simulate_study
+
+    bias = parse_bias(args.bias)
+    summary = simulate_study(
+        args.slug, args.participants, bias, url=args.url, participant_sd=args.participant_sd,
+        image_sd=args.image_sd, seed=args.seed, progress=not args.quiet, timeout=args.timeout,
+    )
+    print(summary)
+    return 0
+
+
+def _simulate_export(args: argparse.Namespace) -> int:
+    from .simulation import parse_bias, simulate_export
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"--out must end in .csv or .parquet, got {out.name}")
+    frame = simulate_export(
+        args.participants, args.trials, parse_bias(args.bias), args.participant_sd, args.image_sd,
+        eps=args.eps, conditions=tuple(args.conditions.split(",")), n_images=args.images,
+        n_catch=args.catch, inattentive=args.inattentive, seed=args.seed,
+    )
+    frame.attrs.clear()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    print(f"{len(frame)} trials of {args.participants} simulated participants: {out}")
+    return 0
+
+
+class _StoreImages(argparse.Action):
+    """Remember whether --images was given (a pilot export otherwise sets it)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[override]
+        setattr(namespace, self.dest, values)
+        namespace.images_given = True
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the analysis commands to the ``advbias`` root parser."""
+    analyze = subparsers.add_parser(
+        "analyze", help="analyse a trial export: bias vs chance, tests, mixed model, figures, report",
+        description="Analyse a trial export (CSV or Parquet, docs/export.md) and write report.html, report.md, "
+                    "tidy CSV tables and PNG/SVG figures into --out.")
+    analyze.add_argument("export", help="the export file written by `advbias export` (CSV or Parquet)")
+    analyze.add_argument("--out", required=True, help="output folder (created if missing)")
+    analyze.add_argument("--config", help="analysis.toml with [analysis] and [exclusions] settings")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.set_defaults(handler=_analyze)
+
+    power = subparsers.add_parser(
+        "power", help="participants needed to detect a bias (simulation and analytic t-test)",
+        description="Power analysis: simulate studies from the mixed model (participants and images as random "
+                    "intercepts) and analyse each as `advbias analyze` does; the analytic one-sample t-test "
+                    "answer is shown beside it.")
+    power.add_argument("--bias", type=_probability, required=True,
+                       help="the true population-average bias to detect, e.g. 0.53")
+    power.add_argument("--trials", type=_positive_int, required=True,
+                       help="main trials per participant in the tested cell (condition x budget)")
+    power.add_argument("--alpha", type=_probability, default=0.05, help="two-sided significance level (0.05)")
+    power.add_argument("--power", type=_probability, default=0.8, help="target power (0.8)")
+    power.add_argument("--sims", type=_positive_int, default=1000, help="simulated studies per sample size (1000)")
+    power.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    power.add_argument("--participant-sd", type=_non_negative, default=0.3,
+                       help="SD of participant random intercepts, log-odds (0.3)")
+    power.add_argument("--image-sd", type=_non_negative, default=0.3,
+                       help="SD of image random intercepts, log-odds (0.3)")
+    power.add_argument("--images", type=_positive_int, default=50, action=_StoreImages,
+                       help="number of source images in the study (50)")
+    power.add_argument("--test", choices=("ttest", "glmm"), default="ttest",
+                       help="the test each simulated study is analysed with: t-test of participant means "
+                            "(default) or the mixed model's intercept (generalises over images; slow)")
+    power.add_argument("--pilot", help="a pilot export: take participant/image SDs and image count from its "
+                                       "mixed model instead of --participant-sd/--image-sd/--images")
+    power.add_argument("--condition", default="targets", help="the pilot condition to use (targets)")
+    power.add_argument("--config", help="analysis.toml (exclusions applied to the pilot)")
+    power.add_argument("--max-participants", type=_positive_int, default=5000,
+                       help="give up above this many participants (5000)")
+    power.add_argument("--curve", help="write the evaluated sizes and their power to this CSV")
+    power.add_argument("--quiet", action="store_true", help="no progress bar")
+    power.set_defaults(handler=_power, images_given=False)
+
+    simulate = subparsers.add_parser(
+        "simulate", help="synthetic participants take a study through the real HTTP API",
+        description="Run synthetic participants through a served experiment (rehearsal, load and power checks). "
+                    "Each answers with a known true bias per budget, drawn from the mixed model.")
+    simulate.add_argument("slug", help="the experiment's slug")
+    simulate.add_argument("--participants", type=_positive_int, required=True, help="how many participants")
+    simulate.add_argument("--bias", default="0.55", help="true bias: 0.55, or per budget 2:0.52,4:0.55 (0.55)")
+    simulate.add_argument("--url", default="http://127.0.0.1:5000", help="the server (http://127.0.0.1:5000)")
+    simulate.add_argument("--participant-sd", type=_non_negative, default=0.3, help="log-odds SD (0.3)")
+    simulate.add_argument("--image-sd", type=_non_negative, default=0.3, help="log-odds SD (0.3)")
+    simulate.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    simulate.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (30)")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.set_defaults(handler=_simulate)
+
+    export = subparsers.add_parser(
+        "simulate-export", help="write a synthetic trial export with a known truth (no server needed)",
+        description="Write a trial export (docs/export.md) of simulated participants, e.g. to rehearse "
+                    "`advbias analyze` before data exist.")
+    export.add_argument("out", help="FILE.csv or FILE.parquet")
+    export.add_argument("--participants", type=_positive_int, default=50, help="participants (50)")
+    export.add_argument("--trials", type=_positive_int, default=160, help="main trials per participant (160)")
+    export.add_argument("--bias", default="2:0.51,4:0.53,8:0.56,16:0.6", help="true bias (float or per budget)")
+    export.add_argument("--eps", type=_eps_list, default=(2, 4, 8, 16), help="budgets (2,4,8,16)")
+    export.add_argument("--conditions", default="targets", help="comma-separated conditions (targets)")
+    export.add_argument("--images", type=_positive_int, default=50, help="source images (50)")
+    export.add_argument("--catch", type=int, default=10, help="catch trials per participant (10)")
+    export.add_argument("--participant-sd", type=_non_negative, default=0.3, help="log-odds SD (0.3)")
+    export.add_argument("--image-sd", type=_non_negative, default=0.3, help="log-odds SD (0.3)")
+    export.add_argument("--inattentive", type=float, default=0.05, help="share answering at random (0.05)")
+    export.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    export.set_defaults(handler=_simulate_export)
