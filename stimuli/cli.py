@@ -10,21 +10,17 @@ import sys
 from pathlib import Path
 
 
-def _positive_int(text: str) -> int:
+def _whole(value: str | None, option: str, minimum: int) -> int | None:
+    """Parse a whole-number option in the handler, so that a bad value is one error line."""
+    if value is None:
+        return None
     try:
-        value = int(text)
+        number = int(str(value).strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        raise ValueError(f"{option} must be a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{option} must be at least {minimum}, got {number}")
+    return number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,16 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--pairs", required=True, metavar="A:B[,C:D]",
                      help="category pairs, e.g. cat:truck,sheep:chair (categories, ImageNet class names or indices)")
     gen.add_argument("--eps", required=True, metavar="E[,E]", help="budgets in 8-bit levels (1..255), e.g. 2,4,8,16")
-    gen.add_argument("--steps", type=_positive_int, default=100, help="PGD steps per image (default 100)")
+    gen.add_argument("--steps", default="100", help="PGD steps per image (default 100)")
     gen.add_argument("--models", default="lite0", metavar="M[,M]",
                      help="models attacked as one ensemble (mean logits); default lite0")
     gen.add_argument("--holdout", default="", metavar="M[,M]",
                      help="models not attacked, used to measure transfer (e.g. lite2); default none")
     gen.add_argument("--controls", default="", metavar="flip,noise",
                      help="control images: flip (perturbation turned upside down), noise (random +/-eps)")
-    gen.add_argument("--size", type=_int, default=224, help="side of the square centre crop in pixels (default 224)")
-    gen.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
-    gen.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    gen.add_argument("--size", default="224", help="side of the square centre crop in pixels (default 224)")
+    gen.add_argument("--seed", default="0", help="random seed (default 0)")
+    gen.add_argument("--limit", default=None, metavar="N",
                      help="use only the first N readable photos in sorted order (for demos and tests)")
     gen.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     gen.add_argument("--batch-size", default="auto", metavar="N|auto",
@@ -71,8 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rep = sub.add_parser("report", help="write SETDIR/report.html (success and transfer rates, gallery)",
                          description="Write SETDIR/report.html: per-budget success and transfer rates and a gallery.")
     rep.add_argument("setdir", metavar="SETDIR")
-    rep.add_argument("--gallery", type=_int, default=24, metavar="N",
-                     help="number of source photos shown in the gallery (default 24; 0 for none)")
+    rep.add_argument("--gallery", default="12", metavar="N",
+                     help="number of source photos shown in the gallery (default 12; 0 for none)")
     rep.set_defaults(handler=_report)
 
     ver = sub.add_parser("verify", help="re-read every file: hash = name, budget holds, manifest consistent",
@@ -97,8 +93,9 @@ def _generate(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--batch-size must be 'auto' or a positive whole number, got {args.batch_size!r}") from None
     setdir = generate_set(
-        args.images, args.pairs, args.eps, out=args.out, steps=args.steps, models=args.models,
-        holdout=args.holdout, controls=args.controls, size=args.size, seed=args.seed, limit=args.limit,
+        args.images, args.pairs, args.eps, out=args.out, steps=_whole(args.steps, "--steps", 1), models=args.models,
+        holdout=args.holdout, controls=args.controls, size=_whole(args.size, "--size", 16),
+        seed=_whole(args.seed, "--seed", 0), limit=_whole(args.limit, "--limit", 1),
         device=args.device, batch_size=batch, progress=not args.no_progress,
     )
     if _is_rank_zero():
@@ -116,7 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from stimuli.report import write_report
 
-    path = write_report(Path(args.setdir), gallery=args.gallery)
+    path = write_report(Path(args.setdir), gallery=_whole(args.gallery, "--gallery", 0))
     print(path)
     return 0
 

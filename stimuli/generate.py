@@ -272,6 +272,10 @@ class _Dist:
         import torch.distributed as dist
 
         self.backend = "nccl" if device.startswith("cuda") else "gloo"
+        if self.backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(torch.device(device))  # NCCL collectives use the current device
         if not dist.is_initialized():
             # Ranks wait for each other at the end of generation; allow for long, uneven runs.
             dist.init_process_group(backend=self.backend, timeout=_dt.timedelta(hours=48))

@@ -177,7 +177,7 @@ def _models_html(models: list[dict[str, Any]]) -> str:
     )
 
 
-def write_report(setdir: Path, gallery: int = 24) -> Path:
+def write_report(setdir: Path, gallery: int = 12) -> Path:
     """Write ``setdir/report.html`` atomically and return its path."""
     setdir = Path(setdir)
     for name in ("manifest.csv", "set.json"):

@@ -483,6 +483,11 @@ def test_folder_input_lists_unreadable_files(tmp_path, capsys):
         ({"--controls": "blur"}, "unknown control 'blur'"),
         ({"--holdout": "lite0"}, "also attacked"),
         ({"--models": "lite9"}, "unknown model 'lite9'"),
+        ({"--steps": "0"}, "--steps must be at least 1"),
+        ({"--limit": "few"}, "--limit must be a whole number"),
+        ({"--size": "8"}, "--size must be at least 16"),
+        ({"--batch-size": "-4"}, "--batch-size must be 'auto' or a positive whole number"),
+        ({"--device": "tpu"}, "--device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change, message):
@@ -497,6 +502,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, change, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("advbias: error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_verify_and_report_of_a_missing_set_are_one_line(tmp_path, capsys):
+    for command in ("verify", "report"):
+        assert cli_main(["stimuli", command, str(tmp_path / "nothing")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("advbias: error: ")
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_cli_module_does_not_import_torch():
