@@ -16,6 +16,8 @@ Configuration (environment variable / key in ``config``):
                                                  kept in ``INSTANCE/secret_key``
 ``ADVBIAS_SECURE_COOKIES`` ``SECURE_COOKIES``     ``1`` (default): the admin cookie is sent over
                                                  HTTPS only; ``0`` for plain-HTTP local use
+``ADVBIAS_SQLITE_SYNCHRONOUS``                    ``FULL`` (default) or ``NORMAL``: see
+                                                 :func:`experiment.db.sqlite_synchronous`
 ========================  =====================  ==============================================
 """
 from __future__ import annotations

@@ -13,15 +13,18 @@ The schema belongs to the Alembic migrations shipped in ``experiment/migrations`
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 
 class SchemaError(RuntimeError):
@@ -45,7 +48,22 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def sqlite_synchronous(value: str | None = None) -> str:
+    """The SQLite ``synchronous`` mode: ``$ADVBIAS_SQLITE_SYNCHRONOUS`` or FULL.
+
+    FULL (the default) flushes every commit to disk before the server confirms an
+    answer: nothing acknowledged is lost even on power failure. NORMAL skips that
+    flush (in WAL mode a killed or crashed server still loses nothing; an operating
+    system crash or power cut may lose the last commits) and is many times faster on
+    disks with slow flushes.
+    """
+    mode = (value or os.environ.get("ADVBIAS_SQLITE_SYNCHRONOUS") or "FULL").strip().upper()
+    if mode not in SYNCHRONOUS_MODES:
+        raise ValueError(f"SQLite synchronous mode {mode!r}: choose {', '.join(SYNCHRONOUS_MODES)}")
+    return mode
+
+
+def make_engine(url: str, synchronous: str | None = None) -> Engine:
     """Create an engine with the settings that make concurrent, durable writes safe."""
     url = normalize_url(url)
     parsed = make_url(url)
@@ -55,19 +73,19 @@ def make_engine(url: str) -> Engine:
             raise ValueError("advbias needs a SQLite file, not an in-memory database")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, sqlite_synchronous(synchronous))
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
         # Let SQLAlchemy (below) issue BEGIN itself instead of the sqlite3 module's own logic.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -80,32 +98,85 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+class WriterLock:
+    """Queues SQLite writers of all threads and processes on one file lock.
+
+    SQLite lets one writer in at a time; the others wait in its busy handler, which
+    polls with growing sleeps (up to 100 ms) and so turns contention into long
+    latency tails. A blocking ``flock`` wakes the next writer the moment the lock is
+    free. The thread lock comes first because ``flock`` does not exclude threads
+    that share one file descriptor.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid: int | None = None
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            try:
+                import fcntl
+            except ImportError:  # no flock on this platform: SQLite's own locking still applies
+                yield
+                return
+            if self._pid != os.getpid():  # opened per process (gunicorn forks workers)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class Database:
     """An engine plus the two session factories the app uses (read and write)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sqlite_synchronous: str | None = None) -> None:
         self.url = normalize_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, sqlite_synchronous)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.write_engine = self.engine.execution_options(advbias_write=True)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
-        self._write = sessionmaker(self.engine.execution_options(advbias_write=True), expire_on_commit=False)
+        self._write = sessionmaker(self.write_engine, expire_on_commit=False)
+        self._writer_lock = WriterLock(Path(f"{self.engine.url.database}.writelock")) if self.is_sqlite else None
 
     def session(self) -> Session:
         """A session for reading (and for writes that cannot conflict)."""
         return self._read()
 
     @contextlib.contextmanager
+    def _serialised(self) -> Iterator[None]:
+        if self._writer_lock is None:
+            yield
+        else:
+            with self._writer_lock.hold():
+                yield
+
+    @contextlib.contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any error."""
-        session = self._write()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        with self._serialised():
+            session = self._write()
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
+
+    @contextlib.contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A Core-level write transaction (for the hot path of storing an answer)."""
+        with self._serialised():
+            with self.write_engine.begin() as conn:
+                yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -706,14 +706,22 @@ RESPONSE_FIELDS: dict[str, FieldSpec] = {
 
 def _answer(trial: Trial, response: Response, n_trials: int) -> dict[str, Any]:
     """The reply to a stored response; a replay gets exactly the same reply."""
+    return _answer_values(trial.public_id, trial.index, n_trials, response.server_received_at)
+
+
+def _answer_values(trial_public_id: str, index: int, n_trials: int, received_at: datetime) -> dict[str, Any]:
     return {
-        "trial_id": trial.public_id,
-        "index": trial.index,
+        "trial_id": trial_public_id,
+        "index": index,
         "stored": True,
-        "next_index": trial.index + 1,
-        "done": trial.index + 1 >= n_trials,
-        "received_at": iso_utc(response.server_received_at),
+        "next_index": index + 1,
+        "done": index + 1 >= n_trials,
+        "received_at": iso_utc(received_at),
     }
+
+
+class _NotSimple(Exception):
+    """The fast path cannot store this answer as is; the careful path decides what happens."""
 
 
 def _replay(session: Session, participant_id: int, n_trials: int, key: str, trial_public_id: str):
@@ -738,6 +746,48 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
         raise StudyError("idempotency_key must be 8-64 letters, digits, '-' or '_'")
     if not TOKEN_RE.match(trial_pid):
         raise NotFound("no such trial for this participant")
+    if not isinstance(token, str) or not TOKEN_RE.match(token):
+        raise NotFound("unknown participant")
+
+    # Fast path (almost every request): the next trial of a ready participant, in one short
+    # Core-level transaction. Anything unusual (replay, wrong order, not ready, a race) falls
+    # through to the careful path below, which gives the precise answer.
+    try:
+        with db.write_connection() as conn:
+            p = conn.execute(
+                select(Participant.id, Participant.n_trials, Participant.next_index, Participant.status,
+                       Participant.consented_at, Participant.browser).where(Participant.token == token)
+            ).first()
+            if p is None:
+                raise NotFound("unknown participant")
+            trial = conn.execute(
+                select(Trial.id, Trial.index).where(Trial.public_id == trial_pid, Trial.participant_id == p.id)
+            ).first()
+            if (
+                trial is None or trial.index != p.next_index or p.status != "in_progress"
+                or p.consented_at is None or p.browser is None
+            ):
+                raise _NotSimple
+            moved = conn.execute(
+                update(Participant)
+                .where(Participant.id == p.id, Participant.next_index == trial.index)
+                .values(next_index=trial.index + 1)
+            ).rowcount
+            if moved != 1:
+                raise _NotSimple
+            received = utcnow()
+            conn.execute(
+                insert(Response).values(
+                    trial_id=trial.id, participant_id=p.id, idempotency_key=key, response=data["response"],
+                    response_source=source, rt_ms=data["rt_ms"], onset_frame_ms=data.get("onset_frame_ms"),
+                    offset_frame_ms=data.get("offset_frame_ms"), fullscreen=bool(data.get("fullscreen")),
+                    blurred=bool(data.get("blurred")), blur_events=int(data.get("blur_events") or 0),
+                    server_received_at=received,
+                )
+            )
+        return _answer_values(trial_pid, trial.index, p.n_trials, received), False
+    except (_NotSimple, IntegrityError):
+        pass
 
     conflict: StudyError | None = None
     try:

@@ -349,3 +349,16 @@ def test_link_option_symlinks_images(cli, clean_database, stimulus_set, tmp_path
         assert reply.status_code == 200 and reply.data == files[0].read_bytes()
     finally:
         app.extensions["advbias"].db.dispose()
+
+
+def test_sqlite_synchronous_mode_is_configurable(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ADVBIAS_SQLITE_SYNCHRONOUS", "normal")
+    db = Database(f"sqlite:///{tmp_path / 'normal.db'}")
+    try:
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    finally:
+        db.dispose()
+    monkeypatch.setenv("ADVBIAS_SQLITE_SYNCHRONOUS", "sometimes")
+    with pytest.raises(ValueError, match="SQLite synchronous mode 'SOMETIMES'"):
+        Database(f"sqlite:///{tmp_path / 'bad.db'}")
