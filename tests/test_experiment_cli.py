@@ -305,6 +305,18 @@ def test_export_csv_and_parquet(cli, clean_database, make_experiment, participan
     assert set(main_rows["condition"]) == {"targets", "vs_clean", "vs_flip", "vs_noise"}
     assert set(parquet["kind"]) == {"practice", "main", "catch"}
 
+    # the exported list and seed rebuild each participant's exact sequence
+    from experiment.study import get_experiment, load_design
+
+    with db.session() as s:
+        design = load_design(s, get_experiment(s, slug))
+    for _, rows in parquet.groupby("participant"):
+        rebuilt = design.participant_trials(int(rows["list"].iloc[0]), int(rows["seed"].iloc[0]))
+        for row in rows.to_dict("records"):
+            spec = rebuilt[row["trial_index"]]
+            assert (spec.left_stimulus_id, spec.right_stimulus_id, spec.kind, spec.target_side) == (
+                row["left_stimulus_id"], row["right_stimulus_id"], row["kind"], row["target_side"])
+
 
 def test_export_bad_input(cli, clean_database, experiment, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cases = [
