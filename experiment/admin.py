@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import io
 import math
 import secrets
 from datetime import datetime
@@ -229,8 +230,6 @@ def download(slug: str, fmt: str):  # type: ignore[no-untyped-def]
     except study.NotFound:
         abort(404)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    import io
-
     return send_file(
         io.BytesIO(data),
         mimetype="text/csv" if fmt == "csv" else "application/vnd.apache.parquet",

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from experiment.db import Database
-from experiment.models import Experiment, Participant, Response, Trial
+from experiment.models import Participant, Response, Trial
 from experiment.study import get_experiment, iso_utc
 
 #: Column order of the export (documented in docs/export.md).

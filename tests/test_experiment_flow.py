@@ -10,11 +10,9 @@ import hashlib
 import json
 import re
 import threading
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from sqlalchemy import func, select
 
 from experiment.models import Participant, Response, Trial
