@@ -84,9 +84,10 @@ def target_scores(logits: torch.Tensor, spec: TargetSpec, loss: str) -> torch.Te
     neg = torch.finfo(z.dtype).min
     single = spec.index >= 0
     if loss in ("ce", "logit", "auto") and bool(single.all()) and (loss != "auto" or not bool(spec.is_category.any())):
-        # Exactly eagerpy's crossentropy arithmetic (logits - logsumexp), for agreement with foolbox.
-        zt = z.gather(1, spec.index.view(-1, 1)).squeeze(1)
-        return zt if loss == "logit" else zt - torch.logsumexp(z, dim=1)
+        if loss == "logit":
+            return z.gather(1, spec.index.view(-1, 1)).squeeze(1)
+        # The very call foolbox makes (through eagerpy), so that both take the same float path.
+        return -F.cross_entropy(z, spec.index, reduction="none")
     in_c = torch.logsumexp(z.masked_fill(~spec.mask, neg), dim=1)
     if loss == "logit":
         return in_c

@@ -1,0 +1,86 @@
+"""The reference backend: the same targeted L-inf PGD call, run through foolbox 3.
+
+foolbox's ``LinfPGD`` with ``TargetedMisclassification`` is the community reference
+(Rauber et al. 2017, 2020). It attacks one epsilon at a time, so a mixed batch is split
+into groups of equal (eps, step size). It supports single-class targets with the
+cross-entropy loss only; categories and the other losses are this package's own.
+Used to validate :func:`attacks.linf_pgd` and as the benchmark baseline.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .pgd import _check_images, _per_sample, _resolve_device
+from .targets import target_spec
+
+
+def import_foolbox():
+    """Import foolbox without its GitPython probe failing on machines without git."""
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    import foolbox
+
+    return foolbox
+
+
+def linf_pgd_foolbox(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor | Sequence[str | int],
+    eps: float | torch.Tensor,
+    *,
+    steps: int,
+    step_size: float | torch.Tensor | None = None,
+    random_start: bool = False,
+    device: str | torch.device = "auto",
+) -> torch.Tensor:
+    """foolbox ``LinfPGD`` toward single ImageNet classes; same arguments as :func:`attacks.linf_pgd`."""
+    fb = import_foolbox()
+    _check_images(x)
+    n = x.shape[0]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    spec = target_spec(target, n)
+    if bool((spec.index < 0).any()):
+        raise ValueError("the foolbox backend supports single ImageNet classes only, not multi-class categories")
+    eps_t = _per_sample(eps, n, "eps")
+    step_t = 2.5 * eps_t / steps if step_size is None else _per_sample(step_size, n, "step_size", upper=None)
+    dev = _resolve_device(device)
+    model.to(dev).eval()
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=dev)
+    out = torch.empty_like(x)
+    pairs = torch.stack([eps_t, step_t], dim=1)
+    for values in torch.unique(pairs, dim=0):
+        idx = torch.nonzero((pairs == values).all(dim=1)).flatten()
+        e, s = (float(v) for v in values)
+        attack = fb.attacks.LinfPGD(abs_stepsize=s, steps=steps, random_start=random_start)
+        criterion = fb.criteria.TargetedMisclassification(spec.index[idx].to(dev))
+        _, clipped, _ = attack(fmodel, x[idx].to(dev), criterion, epsilons=e)
+        out[idx] = clipped.to(x.device, x.dtype)
+    return out
+
+
+def imagenet_samples(size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """foolbox's 20 labelled ImageNet photos as (20, 3, size, size) uint8 and (20,) labels.
+
+    Resized with Pillow's bicubic filter (as foolbox's own ``samples`` does); real photos,
+    shipped with foolbox, so tests and benchmarks need no download.
+    """
+    import re
+    from importlib import resources
+
+    import numpy as np
+    from PIL import Image
+
+    fb = import_foolbox()
+    folder = resources.files(fb).joinpath("data")
+    files = sorted((f for f in folder.iterdir() if re.fullmatch(r"imagenet_\d+_\d+\.jpg", f.name)), key=lambda f: f.name)
+    images, labels = [], []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)))
+        labels.append(int(f.name.rsplit("_", 1)[1].split(".")[0]))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels)
