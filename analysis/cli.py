@@ -97,14 +97,24 @@ def _power(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import json
+
     from .simulation import parse_bias, simulate_study
 
     bias = parse_bias(args.bias)
     summary = simulate_study(
-        args.slug, args.participants, bias, url=args.url, participant_sd=args.participant_sd,
-        image_sd=args.image_sd, seed=args.seed, progress=not args.quiet, timeout=args.timeout,
+        args.slug, args.participants, bias, set_dir=args.set, url=args.url, participant_sd=args.participant_sd,
+        image_sd=args.image_sd, catch_accuracy=args.catch_accuracy, seed=args.seed, concurrency=args.concurrency,
+        timeout=args.timeout, progress=not args.quiet,
     )
-    print(summary)
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary["statuses"].items()))
+    print(f"{summary['participants']} synthetic participants ({statuses}); {summary['trials_answered']} answers in "
+          f"{summary['seconds']:.1f} s ({summary['responses_per_second']} answers/s)")
+    truth = ", ".join(f"{k} {v:g}" for k, v in summary["truth"]["bias"].items())
+    print(f"true bias: {truth}")
+    if args.truth:
+        Path(args.truth).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+        print(f"truth and counts: {args.truth}")
     return 0
 
 
@@ -187,12 +197,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Each answers with a known true bias per budget, drawn from the mixed model.")
     simulate.add_argument("slug", help="the experiment's slug")
     simulate.add_argument("--participants", type=_positive_int, required=True, help="how many participants")
+    simulate.add_argument("--set", required=True,
+                          help="the stimulus set the experiment was created from (its manifest tells the synthetic "
+                               "participants which image carries the target; the API never does)")
     simulate.add_argument("--bias", default="0.55", help="true bias: 0.55, or per budget 2:0.52,4:0.55 (0.55)")
     simulate.add_argument("--url", default="http://127.0.0.1:5000", help="the server (http://127.0.0.1:5000)")
     simulate.add_argument("--participant-sd", type=_non_negative, default=0.3, help="log-odds SD (0.3)")
     simulate.add_argument("--image-sd", type=_non_negative, default=0.3, help="log-odds SD (0.3)")
-    simulate.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    simulate.add_argument("--catch-accuracy", type=_probability, default=0.97,
+                          help="probability of a correct catch answer (0.97)")
+    simulate.add_argument("--concurrency", type=_positive_int, default=4, help="participants at once (4)")
+    simulate.add_argument("--seed", type=int, default=0,
+                          help="random seed (0); the same seed resumes the same participants")
     simulate.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request (30)")
+    simulate.add_argument("--truth", help="write the true parameters and counts to this JSON file")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(handler=_simulate)
 

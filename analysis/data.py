@@ -16,11 +16,11 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Every column of the export, in the documented order (``docs/export.md``).
 EXPORT_COLUMNS: tuple[str, ...] = (
     "experiment", "participant", "prolific_pid", "study_id", "session_id",
-    "participant_status", "list", "trial_index", "kind", "condition", "question",
+    "participant_status", "list", "seed", "trial_index", "kind", "condition", "question",
     "question_target", "eps", "source", "pair_key", "left_stimulus_id",
-    "right_stimulus_id", "left_target", "right_target", "target_side", "response",
-    "chosen_target", "chose_question_target", "response_source", "rt_ms",
-    "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz",
+    "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
+    "target_side", "response", "chosen_target", "chose_question_target", "response_source",
+    "rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz",
     "fullscreen", "blurred", "blur_events", "server_received_at",
 )
 
@@ -43,8 +43,8 @@ _TEXT_COLUMNS = (
     "experiment", "participant", "prolific_pid", "study_id", "session_id",
     "participant_status", "kind", "condition", "question", "question_target",
     "source", "pair_key", "left_stimulus_id", "right_stimulus_id", "left_target",
-    "right_target", "target_side", "response", "chosen_target", "response_source",
-    "server_received_at",
+    "right_target", "left_condition", "right_condition", "target_side", "response",
+    "chosen_target", "response_source", "server_received_at",
 )
 _BINARY_COLUMNS = ("chose_question_target", "fullscreen", "blurred")
 _TRUE = {"1", "1.0", "true", "True", "TRUE"}
@@ -179,8 +179,9 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     for column in ("presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz"):
         if column in frame.columns:
             frame[column] = _to_number(frame, column, path, integer=False, allow_missing=True)
-    if "list" in frame.columns:
-        frame["list"] = _to_number(frame, "list", path, integer=True, allow_missing=True)
+    for column in ("list", "seed"):
+        if column in frame.columns:
+            frame[column] = _to_number(frame, column, path, integer=True, allow_missing=True)
     duplicated = frame.duplicated(["participant", "trial_index"])
     if duplicated.any():
         row = frame[duplicated].iloc[0]

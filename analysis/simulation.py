@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
@@ -346,8 +347,9 @@ def simulate_export(
     right_target = np.where(sim.target_left, foil, question_target).astype(object)
     foil_kind = np.select(
         [condition == "targets", condition == "vs_clean", condition == "vs_flip", condition == "vs_noise"],
-        ["adv", "clean", "flip", "noise"], "clean").astype(object)
-    target_id = np.array([_hex(f"{sid}:adv:{q}:{e}") for sid, q, e in zip(sim.source, question_target, eps)],
+        ["adversarial", "clean", "flip", "noise"], "clean").astype(object)
+    target_kind = np.where(is_catch, "clean", "adversarial").astype(object)
+    target_id = np.array([_hex(f"{sid}:adversarial:{q}:{e}") for sid, q, e in zip(sim.source, question_target, eps)],
                          dtype=object)
     foil_id = np.array([_hex(f"{sid}:{fk}:{o}:{e}") for sid, fk, o, e in zip(sim.source, foil_kind, other, eps)],
                        dtype=object)
@@ -378,6 +380,7 @@ def simulate_export(
         "session_id": np.array([_hex(f"session:{x}", 24) for x in pids], dtype=object)[p],
         "participant_status": np.array(["completed", "in_progress"], dtype=object)[sim.status[p]],
         "list": (p % 4).astype(np.int64),
+        "seed": (np.array([int(x[:7], 16) for x in pids], dtype=np.int64))[p],
         "trial_index": sim.trial_index.astype(np.int64),
         "kind": kind,
         "condition": condition,
@@ -390,6 +393,8 @@ def simulate_export(
         "right_stimulus_id": right_id,
         "left_target": left_target,
         "right_target": right_target,
+        "left_condition": np.where(sim.target_left, target_kind, foil_kind).astype(object),
+        "right_condition": np.where(sim.target_left, foil_kind, target_kind).astype(object),
         "target_side": np.where(sim.target_left, "left", "right").astype(object),
         "response": response,
         "chosen_target": chosen_target,
@@ -615,3 +620,228 @@ def power_analysis(
         n_simulation=hi, power_at_n=evaluated.get(hi, math.nan) if hi is not None else math.nan,
         false_positive_rate=false_positive, curve=curve,
     )
+
+
+# --------------------------------------------------------------------------- participants over HTTP
+@dataclass
+class _Stimulus:
+    condition: str
+    target: str
+    eps: int
+    source: str
+    category: str
+
+
+def _read_manifest(set_dir: Path) -> dict[str, _Stimulus]:
+    """stimulus_id -> what the image is, from ``SETDIR/manifest.csv`` (docs/manifest.md)."""
+    import csv
+
+    path = Path(set_dir) / "manifest.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{set_dir} is not a stimulus set: manifest.csv is missing")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        needed = {"stimulus_id", "condition", "target", "eps", "source", "ensemble_category"}
+        missing = needed - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
+        return {row["stimulus_id"]: _Stimulus(row["condition"], row["target"] or "", int(row["eps"] or 0),
+                                               row["source"], row["ensemble_category"] or "")
+                for row in reader}
+
+
+def _mentions(question: str, category: str) -> bool:
+    import re
+
+    return bool(category) and re.search(rf"(?<![A-Za-z]){re.escape(category)}(?![A-Za-z])", question,
+                                        re.IGNORECASE) is not None
+
+
+def _classify(trial: Mapping[str, Any], manifest: Mapping[str, _Stimulus]) -> tuple[str, str, str, int, str]:
+    """(kind, condition, target_side, eps, source) of a trial as the browser sees it, via the manifest."""
+    ids = []
+    for side in ("left", "right"):
+        name = str(trial[side]).rsplit("/", 1)[-1].removesuffix(".png")
+        if name not in manifest:
+            raise ValueError(f"image {name} of trial {trial['index']} is not in the stimulus set's manifest: "
+                             f"is --set the set this experiment was created from?")
+        ids.append(manifest[name])
+    left, right = ids
+    question = str(trial["question"])
+    if left.condition == "clean" and right.condition == "clean":
+        asked_left = _mentions(question, left.category) and not _mentions(question, right.category)
+        return ("practice" if trial.get("practice") else "catch", "catch", "left" if asked_left else "right", 0,
+                left.source)
+    adversarial = [side for side, s in (("left", left), ("right", right)) if s.condition == "adversarial"]
+    if len(adversarial) == 2:
+        side = "left" if _mentions(question, left.target) and not _mentions(question, right.target) else "right"
+        condition = "targets"
+    elif len(adversarial) == 1:
+        side = adversarial[0]
+        other = right if side == "left" else left
+        condition = f"vs_{other.condition}"
+    else:
+        raise ValueError(f"trial {trial['index']} shows no adversarial image: cannot tell the target side")
+    chosen = left if side == "left" else right
+    return ("practice" if trial.get("practice") else "main", condition, side, chosen.eps, chosen.source)
+
+
+def simulate_study(
+    slug: str,
+    n_participants: int,
+    bias: BiasSpec,
+    *,
+    set_dir: str | Path,
+    url: str = "http://127.0.0.1:5000",
+    participant_sd: float = 0.3,
+    image_sd: float = 0.3,
+    catch_accuracy: float = 0.97,
+    seed: int = 0,
+    concurrency: int = 4,
+    timeout: float = 30.0,
+    progress: bool = False,
+    session_factory: Any = None,
+) -> dict[str, Any]:
+    """Synthetic participants take study ``slug`` through the participant HTTP API.
+
+    Each participant starts (with PROLIFIC_PID ``sim-<seed>-<i>``, so re-running
+    with the same seed resumes rather than duplicates), consents, passes the
+    browser check, answers every trial in order with an idempotency key, and
+    finishes. The browser is never told which image carries the target, so the
+    synthetic participant looks the images up in the stimulus set's manifest
+    (``set_dir``) and chooses the target with probability
+    ``logistic(beta[condition, eps] + u_participant + w_image)``, ``beta`` solved so
+    that the population-average rate is ``bias`` (see the module docstring); catch
+    trials are answered correctly with ``catch_accuracy``. Returns counts, timing
+    and the truth.
+    """
+    import time
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from uuid import uuid4
+
+    import requests
+    from tqdm.auto import tqdm
+
+    from experiment.cli import CLIError
+
+    if n_participants < 1:
+        raise ValueError("--participants must be at least 1")
+    manifest = _read_manifest(Path(set_dir))
+    total_sd = math.hypot(participant_sd, image_sd)
+    sources = sorted({s.source for s in manifest.values()})
+    image_rng = np.random.default_rng([seed, 1])
+    image_effect = dict(zip(sources, image_rng.normal(0.0, image_sd, len(sources)) if image_sd > 0
+                            else np.zeros(len(sources))))
+    beta_cache: dict[tuple[str, int], float] = {}
+    base = url.rstrip("/")
+    make_session = session_factory or requests.Session
+
+    def call(http: Any, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(4):
+            try:
+                reply = http.request(method, base + path, json=body, timeout=timeout)
+            except requests.RequestException as exc:
+                if attempt == 3:
+                    raise CLIError(f"cannot reach {base}: {exc.__class__.__name__}: {exc}") from None
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            if reply.status_code >= 500 and attempt < 3:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            try:
+                payload = reply.json()
+            except ValueError:
+                payload = {"error": reply.text[:200]}
+            if reply.status_code >= 400:
+                raise CLIError(f"{method} {path.split('?')[0]} answered {reply.status_code}: "
+                               f"{payload.get('error', payload) if isinstance(payload, dict) else payload}")
+            return payload
+        raise CLIError(f"{method} {path} kept failing")  # pragma: no cover
+
+    def beta_for(condition: str, eps: int) -> float:
+        key = (condition, eps)
+        if key not in beta_cache:
+            beta_cache[key] = conditional_logit(bias_for(bias, condition, eps), total_sd)
+        return beta_cache[key]
+
+    def run_one(index: int) -> dict[str, Any]:
+        rng = np.random.default_rng([seed, 2, index])
+        u = float(rng.normal(0.0, participant_sd)) if participant_sd > 0 else 0.0
+        http = make_session()
+        answered = 0
+        try:
+            state = call(http, "POST", f"/api/v1/experiments/{slug}/participants",
+                         {"prolific_pid": f"sim-{seed}-{index}", "study_id": "advbias-simulate",
+                          "session_id": uuid4().hex[:16]})
+            token = state["token"]
+            if state["status"] != "in_progress":
+                return {"status": state["status"], "answered": 0}
+            call(http, "POST", f"/api/v1/participants/{token}/consent", {"consent": True})
+            state = call(http, "POST", f"/api/v1/participants/{token}/browser-check",
+                         {"window_width": 1280, "window_height": 800, "screen_width": 1920, "screen_height": 1080,
+                          "device_pixel_ratio": 1.0, "refresh_hz": 60.0, "user_agent": "advbias-simulate",
+                          "fullscreen": True})
+            clock = 1000.0
+            next_index = state["next_index"]
+            while next_index < state["n_trials"]:
+                page = call(http, "GET", f"/api/v1/participants/{token}/trials?start={next_index}&count=500")
+                if not page["trials"]:
+                    break
+                for trial in page["trials"]:
+                    kind, condition, target_side, eps, source = _classify(trial, manifest)
+                    if condition == "catch":
+                        p_target = catch_accuracy
+                    else:
+                        p_target = float(_logistic(beta_for(condition, eps) + u + image_effect.get(source, 0.0)))
+                    chose_target = rng.random() < p_target
+                    response = target_side if chose_target else ("left" if target_side == "right" else "right")
+                    rt = float(850.0 * math.exp(rng.normal(0.0, 0.35)))
+                    clock += rt + 1500.0
+                    call(http, "POST", f"/api/v1/participants/{token}/responses",
+                         {"trial_id": trial["id"], "idempotency_key": uuid4().hex, "response": response,
+                          "response_source": "key", "rt_ms": round(rt, 1), "onset_frame_ms": round(clock, 3),
+                          "fullscreen": True, "blurred": False, "blur_events": 0})
+                    answered += 1
+                    next_index = trial["index"] + 1
+            state = call(http, "POST", f"/api/v1/participants/{token}/finish",
+                         {"text": "synthetic participant (advbias simulate)"})
+            return {"status": state["status"], "answered": answered}
+        finally:
+            http.close()
+
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=n_participants, desc="participants", disable=not progress, unit="participant")
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(run_one, i) for i in range(n_participants)]
+        try:
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - started
+    answered = sum(r["answered"] for r in results)
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return {
+        "experiment": slug,
+        "participants": n_participants,
+        "statuses": statuses,
+        "trials_answered": answered,
+        "seconds": round(seconds, 3),
+        "responses_per_second": round(answered / seconds, 1) if seconds > 0 else math.nan,
+        "truth": {
+            "bias": {f"{c}:{e}": bias_for(bias, c, e) for c, e in sorted(beta_cache)},
+            "logit": {f"{c}:{e}": b for (c, e), b in sorted(beta_cache.items())},
+            "participant_sd": participant_sd,
+            "image_sd": image_sd,
+            "catch_accuracy": catch_accuracy,
+            "seed": seed,
+        },
+    }

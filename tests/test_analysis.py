@@ -53,6 +53,12 @@ def test_simulated_export_has_the_documented_columns(study: pd.DataFrame) -> Non
     assert set(study.loc[study["kind"] == "catch", "condition"]) == {"catch"}
 
 
+def test_export_columns_match_the_experiment_stage() -> None:
+    from experiment.export import COLUMNS
+
+    assert EXPORT_COLUMNS == COLUMNS
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_load_export_round_trip(export_files: dict[str, Path], study: pd.DataFrame, fmt: str) -> None:
     df = load_export(export_files[fmt])
