@@ -71,6 +71,29 @@ class GLMMResult:
         return rows
 
 
+def _check_separation(y: np.ndarray, n: np.ndarray, X: np.ndarray, terms: Sequence[str]) -> None:
+    """Refuse designs whose log-odds are infinite: an indicator column whose rows are all successes or failures.
+
+    (The maximum likelihood estimate does not exist then; any finite number
+    reported would be an artefact of when the optimiser stopped.)
+    """
+    for j in range(X.shape[1]):
+        column = X[:, j]
+        if not np.all((column == 0) | (column == 1)):
+            continue
+        rows = column == 1
+        if not rows.any():
+            continue
+        # Only a column that alone determines these rows' fixed part (cell-means or intercept designs).
+        others = np.delete(X[rows], j, axis=1)
+        if others.size and np.any(others != 0):
+            continue
+        successes, trials = float(y[rows].sum()), float(n[rows].sum())
+        if successes == 0 or successes == trials:
+            raise ValueError(f"complete separation: every one of the {int(trials)} answers for {terms[j]} is "
+                             f"{'a success' if successes else 'a failure'}, so its log-odds is infinite")
+
+
 class _Problem:
     """Data and Hessian assembly for one fit."""
 
@@ -235,6 +258,7 @@ def fit_logistic_glmm(
     if np.linalg.matrix_rank(X) < X.shape[1]:
         raise ValueError("the fixed-effect design is rank deficient (a budget or condition with no trials?)")
     terms = list(terms) if terms is not None else [f"x{j}" for j in range(X.shape[1])]
+    _check_separation(y, n, X, terms)
     # Encode the factors; put the one with most levels first (the diagonal block).
     encoded = []
     for name, labels in groups.items():
@@ -294,7 +318,11 @@ def fit_logistic_glmm(
     eta = problem.eta(beta, state.v, sigma)
     g0, gD, A, B, C = problem.blocks(eta, state.v, sigma, with_beta=True)
     S = problem.schur(A, B, C)
-    inv = linalg.cho_solve(linalg.cho_factor(S, lower=True), np.eye(S.shape[0]))
+    try:
+        inv = linalg.cho_solve(linalg.cho_factor(S, lower=True), np.eye(S.shape[0]))
+    except linalg.LinAlgError:
+        raise ValueError("the information matrix is singular (complete separation, or too little data for "
+                         "this model)") from None
     k = X.shape[1]
     cov = inv[-k:, -k:]
     random_effects = {name: sigma[f] * state.v[f] for f, name in enumerate(names)}

@@ -437,7 +437,10 @@ def run_analysis(path: str | Path, out: str | Path,
                             "sd_source", "deviance", "aic", "wald_chi2_equal_eps", "wald_df", "wald_p",
                             "singular", "converged") if c in fits.columns]
         doc.table(fits[cols], "mixed_model_fits.csv")
-        if fits["singular"].any() or not fits["converged"].all():
+        if "note" in fits.columns:
+            for row in fits[fits["note"].notna()].itertuples(index=False):
+                doc.para(f"Note: {row.condition}, {row.model} model: {row.note}.", note=True)
+        if fits["singular"].fillna(False).astype(bool).any() or not fits["converged"].all():
             doc.para("Note: a random-effect SD estimated at zero (singular fit) or a non-converged fit is flagged "
                      "above; the fixed effects remain valid but the model is simpler than specified.", note=True)
 

@@ -383,8 +383,17 @@ def _fit_condition(main: "pd.DataFrame", condition: str, model: str, nagq: int, 
         X = (agg["eps"].to_numpy()[:, None] == levels[None, :]).astype(float)
         terms = [f"eps={int(e)}" for e in levels]
     groups = {"participant": agg["participant"].to_numpy(), "source": agg["source"].to_numpy()}
-    fit = fit_logistic_glmm(agg["y"].to_numpy(float), X, groups, terms, trials=agg["n"].to_numpy(float), nagq=nagq)
     base = {"model": model, "condition": condition}
+    try:
+        fit = fit_logistic_glmm(agg["y"].to_numpy(float), X, groups, terms, trials=agg["n"].to_numpy(float),
+                                nagq=nagq)
+    except ValueError as exc:
+        # No finite estimate (e.g. every answer at a budget the same): say so instead of aborting the analysis.
+        sizes = {"n_obs": int(agg["n"].sum()), "n_participants": int(agg["participant"].nunique()),
+                 "n_images": int(agg["source"].nunique())}
+        note = f"not estimable: {exc}"
+        rows = [{**base, "effect": "fixed", "term": t, "note": note, **sizes} for t in terms]
+        return rows, {**base, **sizes, "converged": False, "note": note}
     rows = []
     summary = fit.summary(level)
     p_holm = _holm(np.array([r["p"] for r in summary])) if model == "eps" else [math.nan] * len(summary)

@@ -131,3 +131,21 @@ def test_mixed_model_table_and_fit_details() -> None:
 def test_rank_deficient_design_is_refused() -> None:
     with pytest.raises(ValueError, match="rank deficient"):
         fit_logistic_glmm(np.array([0.0, 1.0, 1.0]), np.ones((3, 2)), {"g": np.array([0, 1, 1])})
+
+
+def test_complete_separation_is_reported_not_fitted() -> None:
+    """A budget where every answer is the same has no finite log-odds: a clear note, the rest still fitted."""
+    y = np.array([1.0, 1, 1, 1, 0, 1, 0, 1])
+    X = np.stack([np.r_[np.ones(4), np.zeros(4)], np.r_[np.zeros(4), np.ones(4)]], axis=1)
+    with pytest.raises(ValueError, match="complete separation: every one of the 4 answers for eps=2"):
+        fit_logistic_glmm(y, X, {"participant": np.arange(8) % 3}, ["eps=2", "eps=16"])
+    df = validate_export(simulate_export(3, 8, 0.6, eps=(2, 16), seed=1))
+    main = df["kind"] == "main"
+    df.loc[main & (df["eps"] == 2), "chose_question_target"] = 1
+    table, fits = analysis.mixed_model(df, fits=True)
+    eps_rows = table[table["model"] == "eps"].set_index("term")
+    assert eps_rows["estimate"].isna().all()
+    assert eps_rows["note"].str.contains("complete separation").all()
+    intercept = table[(table["model"] == "intercept") & (table["effect"] == "fixed")].iloc[0]
+    assert np.isfinite(intercept["estimate"])
+    assert not fits.set_index("model").loc["eps", "converged"]
