@@ -115,11 +115,13 @@ class Ensemble(nn.Module):
             raise ValueError("ensemble weights must be non-negative with a positive sum")
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", w / w.sum(), persistent=False)
+        # Python floats for forward(): reading the buffer there would sync the GPU every step.
+        self._weight_values = (w / w.sum()).tolist()
         self.name = "+".join(getattr(m, "name", type(m).__name__) for m in members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
-        for w, m in zip(self.weights.tolist(), self.members):
+        for w, m in zip(self._weight_values, self.members):
             z = m(x) * w
             out = z if out is None else out + z
         return out
@@ -127,7 +129,7 @@ class Ensemble(nn.Module):
     def describe(self) -> list[dict]:
         return [
             {**(m.describe() if hasattr(m, "describe") else {"name": type(m).__name__}), "weight": float(w)}
-            for m, w in zip(self.members, self.weights.tolist())
+            for m, w in zip(self.members, self._weight_values)
         ]
 
 
