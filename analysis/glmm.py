@@ -102,7 +102,7 @@ class _Problem:
         self.codes, self.sizes = codes, sizes
         self.k = X.shape[1]
         self.q = sum(sizes)
-        # Index helpers for the cross-products of the first (diagonal) factor with the others.
+        # Flat indices for the cross-products of the first (diagonal) factor with the others.
         self.pair_index = [codes[0] * s + c for c, s in zip(codes[1:], sizes[1:])]
         self.cross_index = [
             [codes[a] * sizes[b] + codes[b] for b in range(len(codes))] for a in range(len(codes))
