@@ -29,6 +29,7 @@ _EXPORTS = {
     "fit_logistic_glmm": "glmm", "GLMMResult": "glmm",
     "analyze": "report", "run_analysis": "report",
     "simulate_export": "simulation", "simulate_trials": "simulation", "power_analysis": "simulation",
+    "simulate_study": "simulation", "parse_bias": "simulation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 _CONDITION_LABELS = {
-    "targets": "A vs B (both perturbed)",
+    "targets": "A vs B, both perturbed",
     "vs_clean": "perturbed vs clean",
     "vs_flip": "perturbed vs flipped perturbation",
     "vs_noise": "perturbed vs random noise",

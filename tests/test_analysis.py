@@ -408,3 +408,19 @@ def test_power_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert "strictly between 0 and 1" in capsys.readouterr().err
     assert advbias(["power", "--bias", "0.5", "--trials", "40", "--quiet"]) == 2
     assert "no effect" in capsys.readouterr().err
+
+
+def test_power_from_a_pilot_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pilot = simulate_export(60, 80, 0.56, participant_sd=0.7, image_sd=0.0, eps=(8,), n_images=20, seed=4)
+    pilot.attrs.clear()
+    path = tmp_path / "pilot.csv"
+    pilot.to_csv(path, index=False)
+    assert advbias(["power", "--bias", "0.56", "--trials", "80", "--pilot", str(path), "--sims", "200",
+                    "--quiet"]) == 0
+    captured = capsys.readouterr()
+    reported = captured.err.split("participant SD ")[1].split(",")[0]
+    assert float(reported) == pytest.approx(0.7, abs=0.2)
+    assert "20 images" in captured.err and "20 images" in captured.out
+    assert advbias(["power", "--bias", "0.56", "--trials", "80", "--pilot", str(path), "--condition", "vs_flip",
+                    "--quiet"]) == 2
+    assert "no main trials of condition 'vs_flip'" in capsys.readouterr().err

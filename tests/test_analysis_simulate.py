@@ -81,6 +81,11 @@ def test_synthetic_participants_over_http_then_analysis(
     again = simulate_study(slug, 16, truth, set_dir=stimulus_set, url=server, seed=3, concurrency=2)
     assert again["statuses"] == {"completed": 16} and again["trials_answered"] == 0
     assert write_export(db, slug, tmp_path / "again.csv") == 16 * 12
+    # The CSV and Parquet exports read back to the same trials.
+    from_csv = analysis.load_export(tmp_path / "again.csv")
+    for column in ("participant", "trial_index", "kind", "condition", "eps", "source", "target_side", "response",
+                   "chose_question_target", "rt_ms", "fullscreen", "blur_events"):
+        assert from_csv[column].tolist() == df[column].tolist(), column
 
 
 def test_simulate_cli_and_its_errors(server: str, make_experiment: Callable[..., str], stimulus_set: Path,
