@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -720,6 +720,24 @@ def _answer_values(trial_public_id: str, index: int, n_trials: int, received_at:
     }
 
 
+# The fast path's statements, built once: building a statement and computing its cache key cost
+# more CPU than running it, and a prebuilt statement memoizes its key (SQLAlchemy then reuses the
+# compiled SQL). Table-level (Core) constructs avoid the ORM's per-call overhead.
+_P, _T, _R = Participant.__table__, Trial.__table__, Response.__table__
+_FAST_LOOKUP = (
+    select(_P.c.id, _P.c.n_trials, _P.c.next_index, _P.c.status, _P.c.consented_at, _P.c.browser,
+           _T.c.id.label("trial_id"), _T.c.index.label("trial_index"))
+    .select_from(_P.outerjoin(_T, and_(_T.c.participant_id == _P.c.id, _T.c.public_id == bindparam("trial_pid"))))
+    .where(_P.c.token == bindparam("token"))
+)
+_FAST_ADVANCE = (
+    update(_P)
+    .where(_P.c.id == bindparam("b_pid"), _P.c.next_index == bindparam("b_index"))
+    .values(next_index=bindparam("b_index") + 1)
+)
+_FAST_INSERT = insert(_R)
+
+
 class _NotSimple(Exception):
     """The fast path cannot store this answer as is; the careful path decides what happens."""
 
@@ -750,42 +768,33 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
         raise NotFound("unknown participant")
 
     # Fast path (almost every request): the next trial of a ready participant, in one short
-    # Core-level transaction. Anything unusual (replay, wrong order, not ready, a race) falls
-    # through to the careful path below, which gives the precise answer.
+    # transaction of three prebuilt statements. Anything unusual (replay, wrong order, not ready,
+    # a race) falls through to the careful path below, which gives the precise answer.
     try:
         with db.write_connection() as conn:
-            p = conn.execute(
-                select(Participant.id, Participant.n_trials, Participant.next_index, Participant.status,
-                       Participant.consented_at, Participant.browser).where(Participant.token == token)
-            ).first()
-            if p is None:
+            row = conn.execute(_FAST_LOOKUP, {"token": token, "trial_pid": trial_pid}).first()
+            if row is None:
                 raise NotFound("unknown participant")
-            trial = conn.execute(
-                select(Trial.id, Trial.index).where(Trial.public_id == trial_pid, Trial.participant_id == p.id)
-            ).first()
             if (
-                trial is None or trial.index != p.next_index or p.status != "in_progress"
-                or p.consented_at is None or p.browser is None
+                row.trial_id is None or row.trial_index != row.next_index or row.status != "in_progress"
+                or row.consented_at is None or row.browser is None
             ):
                 raise _NotSimple
-            moved = conn.execute(
-                update(Participant)
-                .where(Participant.id == p.id, Participant.next_index == trial.index)
-                .values(next_index=trial.index + 1)
-            ).rowcount
+            moved = conn.execute(_FAST_ADVANCE, {"b_pid": row.id, "b_index": row.trial_index}).rowcount
             if moved != 1:
                 raise _NotSimple
             received = utcnow()
             conn.execute(
-                insert(Response).values(
-                    trial_id=trial.id, participant_id=p.id, idempotency_key=key, response=data["response"],
-                    response_source=source, rt_ms=data["rt_ms"], onset_frame_ms=data.get("onset_frame_ms"),
-                    offset_frame_ms=data.get("offset_frame_ms"), fullscreen=bool(data.get("fullscreen")),
-                    blurred=bool(data.get("blurred")), blur_events=int(data.get("blur_events") or 0),
-                    server_received_at=received,
-                )
+                _FAST_INSERT,
+                {
+                    "trial_id": row.trial_id, "participant_id": row.id, "idempotency_key": key,
+                    "response": data["response"], "response_source": source, "rt_ms": data["rt_ms"],
+                    "onset_frame_ms": data.get("onset_frame_ms"), "offset_frame_ms": data.get("offset_frame_ms"),
+                    "fullscreen": bool(data.get("fullscreen")), "blurred": bool(data.get("blurred")),
+                    "blur_events": int(data.get("blur_events") or 0), "server_received_at": received,
+                },
             )
-        return _answer_values(trial_pid, trial.index, p.n_trials, received), False
+        return _answer_values(trial_pid, row.trial_index, row.n_trials, received), False
     except (_NotSimple, IntegrityError):
         pass
 
