@@ -96,8 +96,10 @@
     handler();
   });
 
+  /* Controls that use the space bar themselves: text fields, and the consent checkbox (so that
+     a participant who uses only the keyboard can tick it). */
   function isTyping(target) {
-    return target && (target.tagName === "TEXTAREA" || (target.tagName === "INPUT" && target.type !== "checkbox"));
+    return target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT");
   }
 
   document.addEventListener("keydown", function (e) {
