@@ -284,3 +284,76 @@ def participant(client) -> Callable[..., ParticipantDriver]:  # type: ignore[no-
         return ParticipantDriver(client, slug, prolific_pid)
 
     return make
+
+
+# --------------------------------------------------------------------------- a real server (gunicorn)
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+class LiveStudy:
+    """A real ``advbias serve --workers 2`` (gunicorn) on a free loopback port, with its database.
+
+    Tests create their own experiments (unique slugs) in the session's database, so they do
+    not need an empty database and the server keeps running across a test module.
+    """
+
+    def __init__(self, server: Any, database_url: str, stimulus_set: Path) -> None:
+        self.server = server
+        self.database_url = database_url
+        self.stimulus_set = stimulus_set
+        self._db: Any = None
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def db(self) -> Any:
+        """An in-test connection to the server's database (for checks, never for the server's work)."""
+        if self._db is None:
+            from experiment.db import Database
+
+            self._db = Database(self.database_url)
+        return self._db
+
+    def create_experiment(self, **config: Any) -> str:
+        """Create an experiment from the session's stimulus set, as ``advbias experiment create`` does."""
+        from experiment.study import create_experiment
+
+        slug = f"live-{uuid.uuid4().hex[:10]}"
+        config.setdefault("completion_code", "LIVE-DONE")
+        create_experiment(self.db, slug, self.stimulus_set, config, self.server.instance / "stimuli")
+        return slug
+
+    def export(self, slug: str, out: Path) -> list[dict[str, str]]:
+        """Write the experiment's CSV export to ``out`` (kept as an artifact) and read it back."""
+        import csv
+
+        from experiment.export import write_export
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_export(self.db, slug, out)
+        with out.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+            self._db = None
+
+
+@pytest.fixture(scope="module")
+def live_study(database_url: str, stimulus_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStudy]:
+    """A gunicorn server (2 workers) on the session's database, one per test module and backend."""
+    from experiment.loadtest import ServerProcess
+
+    instance = tmp_path_factory.mktemp("live-instance")
+    server = ServerProcess(instance, database_url, workers=2, threads=4)
+    server.start()
+    study = LiveStudy(server, database_url, stimulus_set)
+    try:
+        yield study
+    finally:
+        server.stop()
+        study.close()
