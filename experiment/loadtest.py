@@ -461,6 +461,7 @@ class LoadResult:
     workers: int
     threads: int
     sqlite_synchronous: str | None
+    rate: float = 0.0
     responses: int = 0
     seconds: float = 0.0
     responses_per_s: float = 0.0
@@ -478,7 +479,7 @@ class LoadResult:
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-def drive(participants: list[SimulatedParticipant], url: str, concurrency: int,
+def drive(participants: list[SimulatedParticipant], url: str, concurrency: int, rate: float = 0.0,
           on_reply: Any = None) -> tuple[dict[str, list[float]], list[tuple[float, float]], list[str], int]:
     """Interleave the participants round-robin on ``concurrency`` threads until all are done.
 
@@ -486,6 +487,12 @@ def drive(participants: list[SimulatedParticipant], url: str, concurrency: int,
     the queue, sends that participant's next request and puts the participant back at the
     tail. All participants are therefore in the study at once and move through it in
     step: first every start, then every consent, ..., then the answers trial by trial.
+
+    ``rate`` 0 sends as fast as the server answers (the most it can do with ``concurrency``
+    requests in flight). A positive ``rate`` paces the answers: answer k is due at
+    ``first + k / rate`` and its latency counts from that moment, so time spent waiting for
+    a free connection because the server fell behind is part of the latency (no
+    "coordinated omission"). The few other calls (start, consent, ...) are not paced.
     """
     queue: collections.deque[SimulatedParticipant] = collections.deque(participants)
     lock = threading.Lock()
@@ -493,6 +500,7 @@ def drive(participants: list[SimulatedParticipant], url: str, concurrency: int,
     spans: list[tuple[float, float]] = []  # (start, end) of every answer POST
     errors: list[str] = []
     retries = [0]
+    schedule: list[float | None] = [None]  # when the next paced answer is due
 
     def worker() -> None:
         client = HttpClient(url, retry_for=30.0)
@@ -502,7 +510,15 @@ def drive(participants: list[SimulatedParticipant], url: str, concurrency: int,
                     if not queue or len(errors) > 20:
                         return
                     p = queue.popleft()
-                method, path, body, kind = p.next_request()
+                    method, path, body, kind = p.next_request()
+                    due = None
+                    if rate > 0 and kind == "respond":
+                        if schedule[0] is None:
+                            schedule[0] = time.monotonic()
+                        due = schedule[0]
+                        schedule[0] += 1.0 / rate
+                if due is not None:
+                    time.sleep(max(0.0, due - time.monotonic()))
                 t0 = time.monotonic()
                 try:
                     reply = client.request(method, path, body)
@@ -512,8 +528,9 @@ def drive(participants: list[SimulatedParticipant], url: str, concurrency: int,
                         errors.append(f"{type(exc).__name__}: {exc}"[:300])
                     continue  # this participant is dropped; its acks so far still count
                 t1 = time.monotonic()
+                latency = reply.seconds if due is None else t1 - min(due, t0)
                 with lock:
-                    latencies[kind].append(reply.seconds)
+                    latencies[kind].append(latency)
                     retries[0] += reply.retries
                     if kind == "respond":
                         spans.append((t0, t1))
@@ -559,14 +576,15 @@ def prepare_database(url: str, instance: Path, setdir: Path, slug: str, config: 
 
 def run_load(
     backend: str, database_url: str, instance: Path, setdir: Path, *, participants: int, concurrency: int,
-    workers: int, threads: int, sqlite_synchronous: str | None, config: dict[str, Any] | None = None,
+    workers: int, threads: int, sqlite_synchronous: str | None, rate: float = 0.0,
+    config: dict[str, Any] | None = None,
 ) -> LoadResult:
     """One benchmark run against a fresh experiment in ``database_url``."""
     slug = f"load-{uuid.uuid4().hex[:8]}"
     prepare_database(database_url, instance, setdir, slug, dict(config or {"completion_code": "LOADDONE"}))
     env = {"ADVBIAS_SQLITE_SYNCHRONOUS": sqlite_synchronous} if sqlite_synchronous else {}
     result = LoadResult(backend, participants, concurrency, workers, threads,
-                        sqlite_synchronous if backend == "sqlite" else None)
+                        sqlite_synchronous if backend == "sqlite" else None, rate)
     people = [SimulatedParticipant(slug, f"{slug}-{i:05d}") for i in range(participants)]
     server = ServerProcess(instance, database_url, workers=workers, threads=threads, env=env,
                            log_path=instance / f"server-{slug}.log")
@@ -579,7 +597,7 @@ def run_load(
             if kind == "respond" and "first" not in cpu_marks:
                 cpu_marks["first"] = server.cpu_seconds()
 
-        latencies, spans, errors, retries = drive(people, server.url, concurrency, on_reply=mark)
+        latencies, spans, errors, retries = drive(people, server.url, concurrency, rate, on_reply=mark)
         cpu_after = server.cpu_seconds()
         client_cpu = time.process_time() - client_cpu
     result.load_average = os.getloadavg()
@@ -608,8 +626,9 @@ def run_load(
 
 def _report(r: LoadResult) -> str:
     mode = f" synchronous={r.sqlite_synchronous}" if r.sqlite_synchronous else ""
+    pace = f"answers paced at {r.rate:g}/s" if r.rate else "as fast as answered"
     lines = [
-        f"{r.backend}{mode}: {r.participants} participants, {r.concurrency} client connections, "
+        f"{r.backend}{mode}: {r.participants} participants, {r.concurrency} client connections ({pace}), "
         f"gunicorn {r.workers} worker(s) x {r.threads} thread(s)",
         f"  answers: {r.responses} in {r.seconds:.1f} s = {r.responses_per_s:.0f}/s; "
         f"POST latency p50 {r.p50_ms:.1f} ms, p95 {r.p95_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, max {r.max_ms:.1f} ms",
@@ -652,8 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Web server load benchmark: N simulated participants take the whole study at once over HTTP.",
     )
     parser.add_argument("--participants", type=int, default=500, help="simulated participants (default 500)")
-    parser.add_argument("--concurrency", type=int, default=16,
-                        help="client connections = threads, each interleaving participants (default 16)")
+    parser.add_argument("--concurrency", type=int, default=32,
+                        help="client connections = threads, each interleaving participants (default 32)")
+    parser.add_argument("--rates", default="0,500",
+                          help="comma-separated answer rates to run: 0 = as fast as the server answers, R = answers "
+                        "paced at R per second, latency counted from when each was due (default 0,500)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
     parser.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
@@ -668,6 +690,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--participants must be 1..100000 and --concurrency 1..512")
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    except ValueError:
+        parser.error("--rates takes numbers, e.g. 0,500")
+    if not rates or any(r < 0 for r in rates):
+        parser.error("--rates takes numbers >= 0, e.g. 0,500")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not set(backends) <= {"sqlite", "postgresql"}:
         parser.error("--backends takes sqlite and/or postgresql")
@@ -681,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.extend(("sqlite", m.strip().upper()) for m in args.sqlite_synchronous.split(",") if m.strip())
         else:
             runs.append(("postgresql", None))
-    for backend, sync in runs:
+    for (backend, sync), rate in ((run, rate) for run in runs for rate in rates):
         instance = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=args.workdir))
         drop = None
         if backend == "sqlite":
@@ -695,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = run_load(backend, url, instance.resolve(), setdir.resolve(), participants=args.participants,
                               concurrency=args.concurrency, workers=args.workers, threads=args.threads,
-                              sqlite_synchronous=sync)
+                              sqlite_synchronous=sync, rate=rate)
         finally:
             if drop is not None:
                 drop()
