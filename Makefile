@@ -44,5 +44,12 @@ test: install
 bench: install
 	$(ADVBIAS) bench attack
 
+## loadtest: web-server load benchmark (not a test): LOAD_PARTICIPANTS simulated participants take the study at
+##           once over HTTP against gunicorn, on SQLite (FULL, NORMAL) and PostgreSQL; see docs/benchmarks.md
+LOAD_PARTICIPANTS ?= 500
+LOADTEST_ARGS ?=
+loadtest: install
+	$(PY) -m experiment.loadtest --participants $(LOAD_PARTICIPANTS) $(LOADTEST_ARGS)
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
