@@ -376,5 +376,6 @@ def test_timed_presentation_lasts_the_asked_duration(live_study: LiveStudy, cont
         frame = 1000 / float(r["refresh_hz"])
         shown = float(r["offset_frame_ms"]) - float(r["onset_frame_ms"])
         assert float(r["presentation_ms"]) == duration
-        assert abs(shown - duration) <= frame, (r["trial_index"], shown, frame)
+        # Within one frame period; Chromium reports frame times to 0.1 ms, hence the 0.2 ms of rounding.
+        assert abs(shown - duration) <= frame + 0.2, (r["trial_index"], shown, frame)
         assert float(r["rt_ms"]) >= shown  # answered after the mask, as the test did

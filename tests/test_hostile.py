@@ -31,7 +31,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqlalchemy import text
 
 TABLES = ("experiments", "stimuli", "participants", "trials", "responses", "admins")
-HOSTILE = settings(max_examples=120, deadline=None, derandomize=True,
+HOSTILE = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 ADMIN_PASSWORD = "correct horse battery"
 
@@ -329,7 +329,7 @@ def test_replays_and_foreign_ids_store_nothing(client: Any, db: Any, scene: Scen
             check_invariants(db)
 
     run_state_machine_as_test(Answering, settings=settings(
-        max_examples=12, stateful_step_count=25, deadline=None, derandomize=True,
+        max_examples=12, stateful_step_count=25, deadline=None, derandomize=True, database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]))
 
 
