@@ -642,6 +642,28 @@ def _report(r: LoadResult) -> str:
     return "\n".join(lines)
 
 
+def _summary(results: list[LoadResult]) -> str:
+    """Median and range per configuration over repeated runs (a shared machine makes single runs noisy)."""
+    import statistics
+
+    groups: dict[tuple[Any, ...], list[LoadResult]] = collections.defaultdict(list)
+    for r in results:
+        groups[(r.backend, r.sqlite_synchronous, r.rate)].append(r)
+    lines = ["summary: median [min - max] over the runs of each configuration"]
+    for (backend, sync, rate), rs in groups.items():
+        def span(values: list[float], fmt: str = "{:.0f}") -> str:
+            return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))} - {fmt.format(max(values))}]"
+
+        name = f"{backend}{' ' + sync if sync else ''}, {'paced at %g/s' % rate if rate else 'as fast as answered'}"
+        lines.append(
+            f"  {name} ({len(rs)} runs): {span([r.responses_per_s for r in rs])} answers/s; "
+            f"p50 {span([r.p50_ms for r in rs], '{:.1f}')} ms; p99 {span([r.p99_ms for r in rs], '{:.1f}')} ms; "
+            f"server CPU {span([r.server_cpu_ms_per_response for r in rs], '{:.2f}')} ms/answer; "
+            f"lost {sum(r.check.get('lost', 0) for r in rs)}, duplicated {sum(r.check.get('duplicated', 0) for r in rs)}"
+        )
+    return "\n".join(lines)
+
+
 def _scratch_postgres(admin_url: str) -> tuple[str, Any]:
     """Create a uniquely named database on the server of ``admin_url``; returns (url, drop function)."""
     import psycopg
@@ -686,10 +708,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stimuli", type=Path, help="stimulus set (default: a small built-in set, built once)")
     parser.add_argument("--workdir", type=Path, default=Path("bench-results/loadtest"),
                         help="folder for the instance, logs and results (default bench-results/loadtest)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every configuration this many times, interleaved, and summarise (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--participants must be 1..100000 and --concurrency 1..512")
+    if not 1 <= args.repeat <= 100:
+        parser.error("--repeat must be 1..100")
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
     except ValueError:
@@ -709,7 +735,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.extend(("sqlite", m.strip().upper()) for m in args.sqlite_synchronous.split(",") if m.strip())
         else:
             runs.append(("postgresql", None))
-    for (backend, sync), rate in ((run, rate) for run in runs for rate in rates):
+    plan = [(run, rate) for _ in range(args.repeat) for run in runs for rate in rates]
+    for (backend, sync), rate in plan:
         instance = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=args.workdir))
         drop = None
         if backend == "sqlite":
@@ -731,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shutil.rmtree(instance, ignore_errors=True)
         results.append(result)
         print(_report(result), flush=True)
+    if args.repeat > 1:
+        print(_summary(results))
     out = args.workdir / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps([r.__dict__ for r in results], indent=2))
     print(f"results written to {out}")
