@@ -88,10 +88,13 @@ def context(chromium: Any) -> Iterator[Any]:
     ctx = chromium.new_context(viewport={"width": 1280, "height": 860})
     ctx.set_default_timeout(TIMEOUT_MS)
     ctx.add_init_script(PHASE_LOG)
+    uncaught: list[str] = []
+    ctx.on("weberror", lambda error: uncaught.append(str(error.error)))
     try:
         yield ctx
     finally:
         ctx.close()
+    assert uncaught == [], f"uncaught errors in the page: {uncaught}"
 
 
 class Participant:
@@ -102,12 +105,11 @@ class Participant:
         self.shots = shots
         self.name = name
         self.keyboard = keyboard
-        self.answered = 0  # "response" screens handled in this tab (counted across reloads by the page log)
+        self.answered = 0  # "response" screens handled since this tab's page was (re)loaded
         self.answers: list[str] = []
         self.console_errors: list[str] = []
         self._n = 0
         page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
-        page.on("pageerror", lambda exc: self.console_errors.append(str(exc)))
 
     def shot(self, label: str) -> None:
         self._n += 1
