@@ -687,6 +687,46 @@ def _scratch_postgres(admin_url: str) -> tuple[str, Any]:
     return parsed.set(database=name).render_as_string(hide_password=False), drop
 
 
+class PrivatePostgres:
+    """A throwaway PostgreSQL server (initdb + pg_ctl) on a free loopback port, for machines without one.
+
+    Run as the ``postgres`` user when started as root (PostgreSQL refuses to run as root).
+    Unlike the test suite's private server it keeps ``fsync`` on, so that the benchmark pays
+    for durable commits as a real deployment does.
+    """
+
+    def __init__(self) -> None:
+        from glob import glob
+
+        found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+        self.bindir = Path(found[-1]).parent
+        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.workdir = Path(tempfile.mkdtemp(prefix="advbias-loadtest-pg-"))
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> "PrivatePostgres":
+        if self.prefix:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        data = self.workdir / "data"
+        subprocess.run([*self.prefix, str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres",
+                        "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c max_connections=200"
+        subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(data), "-o", options,
+                        "-l", str(self.workdir / "log"), "-w", "start"], check=True, capture_output=True)
+        return self
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "fast",
+                        "stop"], capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiment.loadtest",
@@ -710,6 +750,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folder for the instance, logs and results (default bench-results/loadtest)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run every configuration this many times, interleaved, and summarise (default 1)")
+    parser.add_argument("--no-private-postgres", action="store_true",
+                        help="skip PostgreSQL instead of starting a private server when --postgres-url has none")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
@@ -736,28 +778,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             runs.append(("postgresql", None))
     plan = [(run, rate) for _ in range(args.repeat) for run in runs for rate in rates]
-    for (backend, sync), rate in plan:
-        instance = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=args.workdir))
-        drop = None
-        if backend == "sqlite":
-            url = f"sqlite:///{(instance / 'advbias.db').resolve()}"
-        else:
+    private: PrivatePostgres | None = None  # started only if --postgres-url has no usable server
+    try:
+        for (backend, sync), rate in plan:
+            instance = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=args.workdir))
+            drop = None
+            if backend == "sqlite":
+                url = f"sqlite:///{(instance / 'advbias.db').resolve()}"
+            else:
+                try:
+                    url, drop = _scratch_postgres(private.url if private else args.postgres_url)
+                except Exception as exc:  # psycopg.Error and friends: no usable server there
+                    if private is not None or args.no_private_postgres:
+                        print(f"postgresql: skipped, cannot create a scratch database: {str(exc).splitlines()[0]}")
+                        shutil.rmtree(instance, ignore_errors=True)
+                        continue
+                    print(f"no usable PostgreSQL at {args.postgres_url} ({str(exc).splitlines()[0]}); "
+                          "starting a private server for the benchmark", flush=True)
+                    try:
+                        private = PrivatePostgres()
+                        private.start()
+                        url, drop = _scratch_postgres(private.url)
+                    except Exception as exc2:  # not installed, initdb failed, ...: go on with the other backends
+                        print(f"postgresql: skipped, cannot start a private server: {str(exc2).splitlines()[0]}")
+                        if private is not None:
+                            private.stop()
+                            private = None
+                        shutil.rmtree(instance, ignore_errors=True)
+                        continue
             try:
-                url, drop = _scratch_postgres(args.postgres_url)
-            except Exception as exc:  # psycopg.Error and friends: say so and go on with the other backends
-                print(f"postgresql: skipped, cannot create a scratch database: {str(exc).splitlines()[0]}")
-                continue
-        try:
-            result = run_load(backend, url, instance.resolve(), setdir.resolve(), participants=args.participants,
-                              concurrency=args.concurrency, workers=args.workers, threads=args.threads,
-                              sqlite_synchronous=sync, rate=rate)
-        finally:
-            if drop is not None:
-                drop()
-            if not args.keep:
-                shutil.rmtree(instance, ignore_errors=True)
-        results.append(result)
-        print(_report(result), flush=True)
+                result = run_load(backend, url, instance.resolve(), setdir.resolve(), participants=args.participants,
+                                  concurrency=args.concurrency, workers=args.workers, threads=args.threads,
+                                  sqlite_synchronous=sync, rate=rate)
+            finally:
+                if drop is not None:
+                    drop()
+                if not args.keep:
+                    shutil.rmtree(instance, ignore_errors=True)
+            results.append(result)
+            print(_report(result), flush=True)
+    finally:
+        if private is not None:
+            private.stop()
     if args.repeat > 1:
         print(_summary(results))
     out = args.workdir / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}.json"
