@@ -128,7 +128,8 @@ raw_bodies = st.one_of(
     st.binary(max_size=200),
     st.sampled_from([
         b"{", b"[" * 20_000, b'{"a":' * 5_000 + b"1" + b"}" * 5_000, b"\xff\xfe", b"null", b"[]", b'""', b"1e999",
-        b'{"rt_ms": 1e999}', b'{"trial_id": {"$ne": null}}', b"x" * (65 * 1024), b'{"text": "' + b"a" * 70_000 + b'"}',
+        b'{"rt_ms": 1e999}', b'{"rt_ms": 1' + b"0" * 5000 + b"}", b'{"response": "left", "response": "up"}',
+        b'{"trial_id": {"$ne": null}}', b"x" * (65 * 1024), b'{"text": "' + b"a" * 70_000 + b'"}',
     ]),
 )
 
