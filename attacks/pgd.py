@@ -126,7 +126,8 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -
 
 
 def _grad_step_time(model: nn.Module, shape: tuple, device: torch.device, chunk: int, fmt, autocast_dtype) -> float:
-    x = torch.rand((chunk, *shape[1:]), device=device).contiguous(memory_format=fmt).requires_grad_(True)
+    x = torch.rand((chunk, *shape[1:]), generator=torch.Generator().manual_seed(0))
+    x = x.to(device).contiguous(memory_format=fmt).requires_grad_(True)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         z = model(x)
     (g,) = torch.autograd.grad(z.float()[:, 0].sum(), x)
@@ -244,7 +245,11 @@ def linf_pgd(
     else:
         raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
 
-    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % (2**63))
+    gen = torch.Generator()  # private: the caller's global RNG state is left untouched
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
     start = None
     if random_start:  # drawn once for all N on the CPU: independent of the chunking
         start = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps_t.view(-1, 1, 1, 1)

@@ -184,3 +184,17 @@ def test_agrees_with_foolbox_across_mixed_budgets(samples):
     assert identical > 0.98, f"only {identical:.4f} of pixels identical"
     with torch.no_grad():
         assert torch.equal(lite0(ours).argmax(1) == target, lite0(ref).argmax(1) == target)
+
+
+def test_seeded_random_start_is_reproducible_and_leaves_global_rng_alone(samples, lite0):
+    images, _ = samples
+    x = images[:2].float() / 255
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=7)
+    after = torch.rand(3)
+    b = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=7)
+    c = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=8)
+    assert torch.equal(before, after)
+    assert torch.equal(a, b) and not torch.equal(a, c)
