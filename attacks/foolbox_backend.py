@@ -14,8 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .pgd import _check_images, _per_sample, _resolve_device
-from .targets import target_spec
+from .pgd import _resolve_device, validate_attack
 
 
 def import_foolbox():
@@ -39,15 +38,9 @@ def linf_pgd_foolbox(
 ) -> torch.Tensor:
     """foolbox ``LinfPGD`` toward single ImageNet classes; same arguments as :func:`attacks.linf_pgd`."""
     fb = import_foolbox()
-    _check_images(x)
-    n = x.shape[0]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    spec = target_spec(target, n)
+    spec, eps_t, step_t = validate_attack(x, target, eps, steps, step_size)
     if bool((spec.index < 0).any()):
         raise ValueError("the foolbox backend supports single ImageNet classes only, not multi-class categories")
-    eps_t = _per_sample(eps, n, "eps")
-    step_t = 2.5 * eps_t / steps if step_size is None else _per_sample(step_size, n, "step_size", upper=None)
     dev = _resolve_device(device)
     model.to(dev).eval()
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=dev)

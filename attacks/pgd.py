@@ -70,6 +70,18 @@ def _check_images(x: torch.Tensor) -> None:
         raise ValueError("images must lie in [0, 1]")
 
 
+def validate_attack(x: torch.Tensor, target, eps, steps: int, step_size) -> tuple[TargetSpec, torch.Tensor, torch.Tensor]:
+    """Check an attack's common arguments; returns per-sample targets, budgets and step sizes."""
+    _check_images(x)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    n = x.shape[0]
+    spec = target_spec(target, n)
+    eps_t = _per_sample(eps, n, "eps")
+    step_t = 2.5 * eps_t / steps if step_size is None else _per_sample(step_size, n, "step_size", upper=None)
+    return spec, eps_t, step_t
+
+
 def target_scores(logits: torch.Tensor, spec: TargetSpec, loss: str) -> torch.Tensor:
     """Per-sample objective that the attack *maximises*.
 
@@ -216,10 +228,7 @@ def linf_pgd(
         Adversarial images, float in [0, 1], same shape and device as ``x``, with
         ``|x_adv - x| <= eps`` per sample. Round them with :func:`quantize` before saving.
     """
-    _check_images(x)
-    n = x.shape[0]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    n = x.shape[0] if isinstance(x, torch.Tensor) else 0
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
     if not 0.0 <= float(momentum) <= 1.0:
@@ -228,9 +237,7 @@ def linf_pgd(
         raise ValueError(f"input_diversity must lie in [0, 1], got {input_diversity}")
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    spec = target_spec(target, n)
-    eps_t = _per_sample(eps, n, "eps")
-    step_t = 2.5 * eps_t / steps if step_size is None else _per_sample(step_size, n, "step_size", upper=None)
+    spec, eps_t, step_t = validate_attack(x, target, eps, steps, step_size)
     if n == 0:
         return x.clone()
 
