@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from glob import glob
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -107,35 +108,44 @@ def postgres_server() -> Iterator[str]:
 
 # --------------------------------------------------------------------------- databases
 
+@contextmanager
+def scratch_postgres_database(server: str) -> Iterator[str]:
+    """Create a uniquely named database on ``server`` ("host:port"), yield its URL, drop it after.
+
+    Only databases made here are ever dropped.
+    """
+    import psycopg
+
+    host, port = server.split(":")
+    name = f"advbias_test_{uuid.uuid4().hex[:12]}"
+
+    def admin(sql: str) -> None:
+        with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(sql)
+
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@{server}/{name}"
+    finally:
+        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An upgraded database for this session, on SQLite and on PostgreSQL."""
     from experiment.db import Database, upgrade
 
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'advbias.db'}"
+    def upgraded(url: str) -> str:
         db = Database(url)
         upgrade(db.engine)
         db.dispose()
-        yield url
+        return url
+
+    if request.param == "sqlite":
+        yield upgraded(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'advbias.db'}")
         return
-
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    host, port = server.split(":")
-    name = f"advbias_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@{server}/{name}"
-    db = Database(url)
-    upgrade(db.engine)
-    db.dispose()
-    try:
-        yield url
-    finally:
-        with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres_database(request.getfixturevalue("postgres_server")) as url:
+        yield upgraded(url)
 
 
 @pytest.fixture(scope="session")

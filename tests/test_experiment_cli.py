@@ -11,7 +11,6 @@ import io
 import shutil
 import subprocess
 import sys
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import text
 
+from conftest import scratch_postgres_database
 from experiment.cli import main
 from experiment.db import Database, SchemaError, downgrade, head_revision, upgrade
 from experiment.export import COLUMNS
@@ -61,16 +61,8 @@ def fresh_url(request, tmp_path):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
-    import psycopg
-
-    server = request.getfixturevalue("postgres_server")
-    host, port = server.split(":")
-    name = f"advbias_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@{server}/{name}"
-    with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
 
 
 def test_app_refuses_an_out_of_date_schema(fresh_url, cli, instance_dir) -> None:  # type: ignore[no-untyped-def]
