@@ -49,7 +49,7 @@ bench: install
 LOAD_PARTICIPANTS ?= 500
 LOADTEST_ARGS ?=
 loadtest: install
-	$(PY) -m experiment.loadtest --participants $(LOAD_PARTICIPANTS) $(LOADTEST_ARGS)
+	$(PY) tests/loadtest.py --participants $(LOAD_PARTICIPANTS) $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

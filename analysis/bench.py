@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"mixed_model ({2 * len(conditions)} Laplace GLMM fits)", seconds))
         seconds, _ = _timed(lambda: run_analysis(csv_path, Path(folder) / "out", config), args.repeat)
         rows.append(("run_analysis: CSV in, every table, figure and report out", seconds))
-        command = [sys.executable, "-m", "experiment.cli", "analyze", str(csv_path), "--out",
+        command = [sys.executable, "-m", "advbias", "analyze", str(csv_path), "--out",
                    str(Path(folder) / "cli"), "--quiet"]
         seconds, _ = _timed(lambda: subprocess.run(command, check=True, capture_output=True), args.repeat)
         rows.append(("**`advbias analyze` as a new process (imports included)**", seconds))

@@ -10,32 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from advbias.export import COLUMNS, KINDS, REQUIRED_COLUMNS, SIDES, STATUSES, TRIAL_TYPES
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-#: Every column of the export, in the documented order (``docs/export.md``).
-EXPORT_COLUMNS: tuple[str, ...] = (
-    "experiment", "participant", "prolific_pid", "study_id", "session_id",
-    "participant_status", "list", "seed", "trial_index", "kind", "condition", "question",
-    "question_target", "eps", "source", "pair_key", "left_stimulus_id",
-    "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
-    "target_side", "response", "chosen_target", "chose_question_target", "response_source",
-    "rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz",
-    "fullscreen", "blurred", "blur_events", "server_received_at",
-)
-
-#: The columns the analysis cannot do without. A file lacking any of them is
-#: refused; the other documented columns are carried along when present.
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "participant", "participant_status", "trial_index", "kind", "condition",
-    "eps", "source", "target_side", "response", "chose_question_target", "rt_ms",
-    "fullscreen", "blurred", "blur_events",
-)
-
-KINDS = ("practice", "main", "catch")
-CONDITIONS = ("targets", "vs_clean", "vs_flip", "vs_noise", "catch")
-STATUSES = ("in_progress", "completed", "screened_out")
-SIDES = ("left", "right")
+EXPORT_COLUMNS = COLUMNS
+CONDITIONS = TRIAL_TYPES
 
 #: Columns that hold identifiers or labels: always read as text so that an id
 #: such as ``0012`` or ``1e5`` keeps its exact spelling.
@@ -46,7 +27,6 @@ _TEXT_COLUMNS = (
     "right_target", "left_condition", "right_condition", "target_side", "response",
     "chosen_target", "response_source", "server_received_at",
 )
-_BINARY_COLUMNS = ("chose_question_target", "fullscreen", "blurred")
 _TRUE = {"1", "1.0", "true", "True", "TRUE"}
 _FALSE = {"0", "0.0", "false", "False", "FALSE"}
 

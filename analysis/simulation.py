@@ -722,7 +722,7 @@ def simulate_study(
     import requests
     from tqdm.auto import tqdm
 
-    from experiment.cli import CLIError
+    from advbias.errors import CLIError
 
     if n_participants < 1:
         raise ValueError("--participants must be at least 1")

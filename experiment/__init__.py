@@ -34,8 +34,6 @@ if TYPE_CHECKING:  # Flask and SQLAlchemy load lazily: the CLI imports this pack
 
     from experiment.db import Database
 
-#: The product's fixed layout: templates/ and static/ beside the package.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_BODY_BYTES = 64 * 1024
 
 CSP = "; ".join(
@@ -51,6 +49,22 @@ CSP = "; ".join(
         "base-uri 'none'",
     ]
 )
+
+
+def resource_dir(name: str) -> Path:
+    """The folder of the data package ``experiment.<name>`` (``templates`` or ``static``).
+
+    In the repository these are the top-level ``templates/`` and ``static/`` folders; the
+    build maps them into the package (pyproject.toml), so a wheel installed anywhere finds
+    them through :mod:`importlib.resources` and never through a path to a checkout.
+    """
+    from importlib.resources import files
+
+    folder = files(f"{__name__}.{name}")
+    path = Path(str(folder))
+    if not (path / ("run.html" if name == "templates" else "run.js")).is_file():
+        raise RuntimeError(f"advbias is installed without its {name}: reinstall it (pip install advbias)")
+    return path
 
 
 def _truthy(value: Any) -> bool:
@@ -121,8 +135,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
     app = Flask(
         __name__,
         instance_path=str(settings["INSTANCE_PATH"]),
-        template_folder=str(PROJECT_ROOT / "templates"),
-        static_folder=str(PROJECT_ROOT / "static"),
+        template_folder=str(resource_dir("templates")),
+        static_folder=str(resource_dir("static")),
         static_url_path="/static",
     )
     db = Database(settings["DATABASE_URL"])

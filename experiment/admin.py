@@ -29,7 +29,7 @@ from flask import (
 from sqlalchemy import case, func, select
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from experiment import study
+from experiment import errors, fields, study
 from experiment.db import Database
 from experiment.models import Admin, Experiment, Participant, Response, Trial, utcnow
 
@@ -42,7 +42,7 @@ def set_password(db: Database, password: str, username: str = USERNAME) -> None:
     """Create or update an admin account; only the hash is stored."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if not study.SLUG_RE.match(username):
+    if not fields.SLUG_RE.match(username):
         raise ValueError("the user name must be lowercase letters, digits or '-'")
     hashed = generate_password_hash(password)
     with db.write() as s:
@@ -95,7 +95,7 @@ def login():  # type: ignore[no-untyped-def]
         username = request.form.get("username") or USERNAME
         password = request.form.get("password", "")
         admin = None
-        if study.SLUG_RE.match(username):
+        if fields.SLUG_RE.match(username):
             with _db().session() as s:
                 admin = s.scalar(select(Admin).where(Admin.username == username))
         # Check a hash even for unknown users so the answer time does not reveal which names exist.
@@ -179,7 +179,7 @@ def experiment(slug: str):  # type: ignore[no-untyped-def]
     with _db().session() as s:
         try:
             exp = study.get_experiment(s, slug)
-        except study.NotFound:
+        except errors.NotFound:
             abort(404)
         participants = s.scalars(
             select(Participant).where(Participant.experiment_id == exp.id).order_by(Participant.created_at.desc())
@@ -213,7 +213,7 @@ def set_active(slug: str):  # type: ignore[no-untyped-def]
     with _db().write() as s:
         try:
             exp = study.get_experiment(s, slug)
-        except study.NotFound:
+        except errors.NotFound:
             abort(404)
         exp.active = wanted == "1"
     return redirect(url_for("admin.experiment", slug=slug))
@@ -227,7 +227,7 @@ def download(slug: str, fmt: str):  # type: ignore[no-untyped-def]
         abort(404)
     try:
         data = export_bytes(_db(), slug, fmt)
-    except study.NotFound:
+    except errors.NotFound:
         abort(404)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return send_file(

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from experiment import study
+from experiment import errors, fields, participants, responses
 from experiment.db import Database, current_revision
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -28,20 +28,20 @@ def _body(optional: bool = False) -> Any:
     if not raw.strip():
         if optional:
             return {}
-        raise study.StudyError("the request body must be a JSON object")
+        raise errors.StudyError("the request body must be a JSON object")
     try:
         # Parsed here rather than by Flask so that every malformed body, deeply nested ones
         # included (RecursionError), is a 400 and never a 500.
         payload = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
-        raise study.StudyError("the request body is not valid JSON") from None
+        raise errors.StudyError("the request body is not valid JSON") from None
     if payload is None:
-        raise study.StudyError("the request body is not valid JSON")
+        raise errors.StudyError("the request body is not valid JSON")
     return payload
 
 
-@bp.app_errorhandler(study.StudyError)
-def _study_error(exc: study.StudyError):  # type: ignore[no-untyped-def]
+@bp.app_errorhandler(errors.StudyError)
+def _study_error(exc: errors.StudyError):  # type: ignore[no-untyped-def]
     return jsonify(error=exc.message, **exc.extra), exc.status
 
 
@@ -54,37 +54,37 @@ def health():  # type: ignore[no-untyped-def]
 @bp.post("/experiments/<slug>/participants")
 def start(slug: str):  # type: ignore[no-untyped-def]
     payload = _body(optional=True)
-    data = study.validate_fields(
+    data = fields.validate_fields(
         payload,
         {"prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128), "session_id": ("str", 0, 128)},
         (),
     )
-    participant, created = study.start_participant(
+    participant, created = participants.start_participant(
         _db(), slug, data.get("prolific_pid"), data.get("study_id"), data.get("session_id")
     )
     with _db().session() as session:
-        state = study.participant_state(session, participant)
+        state = participants.participant_state(session, participant)
     return jsonify(state), 201 if created else 200
 
 
 @bp.get("/participants/<token>")
 def state(token: str):  # type: ignore[no-untyped-def]
     with _db().session() as session:
-        return jsonify(study.participant_state(session, study.get_participant(session, token)))
+        return jsonify(participants.participant_state(session, participants.get_participant(session, token)))
 
 
 @bp.post("/participants/<token>/consent")
 def consent(token: str):  # type: ignore[no-untyped-def]
     payload = _body(optional=True)
-    study.validate_fields(payload, {"consent": ("bool", 0, 1)}, ())
+    fields.validate_fields(payload, {"consent": ("bool", 0, 1)}, ())
     if payload.get("consent") is False:
-        raise study.StudyError("consent must be true to take part")
-    return jsonify(study.record_consent(_db(), token))
+        raise errors.StudyError("consent must be true to take part")
+    return jsonify(participants.record_consent(_db(), token))
 
 
 @bp.post("/participants/<token>/browser-check")
 def browser_check(token: str):  # type: ignore[no-untyped-def]
-    return jsonify(study.record_browser_check(_db(), token, _body()))
+    return jsonify(participants.record_browser_check(_db(), token, _body()))
 
 
 def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
@@ -94,9 +94,9 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise study.StudyError(f"query parameter {name} must be an integer") from None
+        raise errors.StudyError(f"query parameter {name} must be an integer") from None
     if not low <= number <= high:
-        raise study.StudyError(f"query parameter {name} must be between {low} and {high}")
+        raise errors.StudyError(f"query parameter {name} must be between {low} and {high}")
     return number
 
 
@@ -105,12 +105,12 @@ def trials(token: str):  # type: ignore[no-untyped-def]
     start = _int_arg("start", None, 0, 1_000_000)
     count = _int_arg("count", 20, 1, 500)
     assert count is not None
-    return jsonify(study.list_trials(_db(), token, start, count))
+    return jsonify(participants.list_trials(_db(), token, start, count))
 
 
 @bp.post("/participants/<token>/responses")
 def respond(token: str):  # type: ignore[no-untyped-def]
-    answer, replayed = study.record_response(_db(), token, _body())
+    answer, replayed = responses.record_response(_db(), token, _body())
     response = jsonify(answer)
     response.status_code = 200
     if replayed:
@@ -120,7 +120,7 @@ def respond(token: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/participants/<token>/finish")
 def finish(token: str):  # type: ignore[no-untyped-def]
-    return jsonify(study.finish(_db(), token, _body(optional=True)))
+    return jsonify(responses.finish(_db(), token, _body(optional=True)))
 
 
 @bp.get("/openapi.json")
@@ -149,7 +149,7 @@ TOKEN_PARAM = {"name": "token", "in": "path", "required": True, "schema": {"type
                "description": "the participant's secret token returned by the start call"}
 
 
-def _field_schema(spec: dict[str, study.FieldSpec], required: list[str]) -> dict[str, Any]:
+def _field_schema(spec: dict[str, fields.FieldSpec], required: list[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for name, (kind, low, high) in spec.items():
         if kind == "bool":
@@ -165,7 +165,7 @@ def _field_schema(spec: dict[str, study.FieldSpec], required: list[str]) -> dict
     return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
 
 
-_response_schema = _field_schema(study.RESPONSE_FIELDS, ["trial_id", "idempotency_key", "response", "rt_ms"])
+_response_schema = _field_schema(fields.RESPONSE_FIELDS, ["trial_id", "idempotency_key", "response", "rt_ms"])
 _response_schema["properties"]["idempotency_key"] = {"type": "string", "pattern": "^[A-Za-z0-9_-]{8,64}$"}
 
 OPENAPI: dict[str, Any] = {
@@ -233,7 +233,7 @@ OPENAPI: dict[str, Any] = {
             "Start": _field_schema({"prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128),
                                     "session_id": ("str", 0, 128)}, []),
             "Consent": _field_schema({"consent": ("bool", 0, 1)}, []),
-            "BrowserCheck": _field_schema(study.BROWSER_FIELDS, ["window_width", "window_height"]),
+            "BrowserCheck": _field_schema(fields.BROWSER_FIELDS, ["window_width", "window_height"]),
             "Response": _response_schema,
             "Finish": _field_schema({"text": ("str", 0, 5000)}, []),
             "State": {

@@ -14,15 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from advbias.errors import CLIError
+
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"
 
 
-class CommandError(ValueError):
-    """A problem the user can fix; the ``advbias`` root prints it as one line and exits with status 2.
-
-    (A ValueError rather than ``experiment.cli.CLIError`` so that it is recognised
-    however the root was started, ``advbias`` or ``python -m experiment.cli``.)
-    """
+class CommandError(CLIError, ValueError):
+    """A problem the user can fix; the ``advbias`` root prints it as one line and exits with status 2."""
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -147,7 +145,8 @@ def participant_urls(base: str, slug: str) -> tuple[str, str]:
 
 def cmd_experiment_create(args: argparse.Namespace) -> int:
     from experiment import stimulus_store
-    from experiment.study import create_experiment, load_config_file
+    from experiment.study import create_experiment
+    from experiment.config import load_config_file
 
     raw = load_config_file(Path(args.config) if args.config else None)
     db, settings = _database(args)
@@ -285,7 +284,7 @@ def _gunicorn(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from experiment.export import export_format, write_export
-    from experiment.study import NotFound
+    from experiment.errors import NotFound
 
     out = Path(args.out)
     export_format(out)  # a bad file name fails before touching the database

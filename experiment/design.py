@@ -32,27 +32,13 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Iterable, Sequence
 
+from advbias.manifest import StimulusRow, pair_key
+
 CONDITIONS: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise")
 #: The manifest condition of the image shown beside the one perturbed toward the asked category.
 OTHER_IMAGE: dict[str, str] = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
 DEFAULT_QUESTION = "Which image is more {category}-like?"
 SIDES = ("left", "right")
-
-
-@dataclass(frozen=True)
-class StimulusRow:
-    """The manifest fields the design uses (see docs/manifest.md)."""
-
-    stimulus_id: str
-    source: str
-    source_sha256: str
-    condition: str
-    pair: str = ""
-    target: str = ""
-    eps: int = 0
-    pair_key: str = ""
-    ensemble_category: str = ""
-    ensemble_category_prob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,12 +132,6 @@ class _Images:
             elif row.condition == "clean":
                 images.clean.setdefault(row.source_sha256, row)
         return images
-
-
-def pair_key(source_sha256: str, pair: str, eps: int) -> str:
-    """The manifest's key tying the versions of one source, pair and budget."""
-    a, b = pair.split(":", 1)
-    return f"{source_sha256[:16]}:{a}:{b}:{eps}"
 
 
 class Design:
@@ -276,7 +256,7 @@ class Design:
 
     def _images_for(self, cell: Cell, sha: str) -> tuple[StimulusRow, StimulusRow] | None:
         """(image toward the asked category, the other image) for one source, or None if missing."""
-        key = pair_key(sha, cell.pair, cell.eps)
+        key = pair_key(sha, *cell.pair.split(":", 1), cell.eps)
         toward = self.images.adversarial.get((key, cell.asked))
         if toward is None:
             return None

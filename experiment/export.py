@@ -12,21 +12,11 @@ from typing import Any
 
 from sqlalchemy import select
 
+from advbias.export import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
 from experiment.db import Database
-from experiment.models import Participant, Response, Trial
-from experiment.study import get_experiment, iso_utc
+from experiment.models import Participant, Response, Trial, iso_utc
+from experiment.study import get_experiment
 
-#: Column order of the export (documented in docs/export.md).
-COLUMNS: tuple[str, ...] = (
-    "experiment", "participant", "prolific_pid", "study_id", "session_id", "participant_status", "list", "seed",
-    "trial_index", "kind", "condition", "question", "question_target", "eps", "source", "pair_key",
-    "left_stimulus_id", "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
-    "target_side", "response", "chosen_target", "chose_question_target", "response_source", "rt_ms",
-    "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz", "fullscreen", "blurred", "blur_events",
-    "server_received_at",
-)
-INT_COLUMNS = ("list", "seed", "trial_index", "eps", "chose_question_target", "fullscreen", "blurred", "blur_events")
-FLOAT_COLUMNS = ("rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz")
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 

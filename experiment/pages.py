@@ -12,7 +12,7 @@ import re
 
 from flask import Blueprint, abort, current_app, render_template, send_from_directory
 
-from experiment import study
+from experiment import errors, study
 
 bp = Blueprint("pages", __name__)
 STIMULUS_NAME = re.compile(r"^[0-9a-f]{64}\.png$")
@@ -29,7 +29,7 @@ def run(slug: str):  # type: ignore[no-untyped-def]
     with state.db.session() as session:
         try:
             exp = study.get_experiment(session, slug)
-        except study.NotFound:
+        except errors.NotFound:
             abort(404)
         settings = exp.settings
         return render_template(

@@ -23,36 +23,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-#: Manifest columns, in file order. ``docs/manifest.md`` documents every one; the
-#: experiment stage relies on the names and meanings of all of them.
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "stimulus_id",
-    "file",
-    "source",
-    "source_sha256",
-    "source_label",
-    "condition",
-    "pair",
-    "target",
-    "eps",
-    "linf",
-    "steps",
-    "ensemble_target_prob",
-    "ensemble_top1",
-    "ensemble_top1_name",
-    "ensemble_top1_prob",
-    "ensemble_category",
-    "ensemble_category_prob",
-    "ensemble_success",
-    "holdout_target_prob",
-    "holdout_success",
-    "holdout_top1",
-    "holdout_top1_name",
-    "pair_key",
-)
+from advbias.manifest import COLUMNS, IMAGE_CONDITIONS
 
-#: The values of the ``condition`` column, in the order rows are sorted.
-CONDITIONS: tuple[str, ...] = ("clean", "adversarial", "flip", "noise")
+#: The manifest's columns and image conditions are owned by :mod:`advbias.manifest`.
+MANIFEST_COLUMNS = COLUMNS
+CONDITIONS = IMAGE_CONDITIONS
 
 #: zlib level for PNGs. Fixed so that the same pixels always give the same bytes
 #: (and therefore the same stimulus_id) on a given zlib build.

@@ -23,14 +23,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import platform
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -42,7 +41,8 @@ from stimuli.files import (
     sort_key,
     write_rows,
 )
-from stimuli.sources import Skipped, Source, load_crop, plan_sources
+from advbias.manifest import pair_key
+from stimuli.sources import Source, load_crop, plan_sources
 
 #: Format tag written to set.json; bump when the layout changes incompatibly.
 SET_FORMAT = "advbias-stimulus-set/1"
@@ -237,10 +237,6 @@ def sources_digest(sources: Sequence[Source]) -> str:
     for s in sources:
         h.update(f"{s.name}\t{s.sha256}\t{'' if s.label is None else s.label}\n".encode())
     return h.hexdigest()
-
-
-def pair_key(source_sha256: str, a: str, b: str, eps: int) -> str:
-    return f"{source_sha256[:16]}:{a}:{b}:{eps}"
 
 
 def _derived_seed(*parts: Any) -> int:

@@ -46,10 +46,6 @@ def _avg(values: list[float]) -> str:
     return f"{mean(values):.3f}" if values else "&ndash;"
 
 
-def _num(row: dict[str, str], col: str) -> float | None:
-    return float(row[col]) if row.get(col, "") != "" else None
-
-
 def _amplified_jpeg(adv: np.ndarray, clean: np.ndarray, eps: int) -> str:
     """The perturbation mapped to mid grey +/- 127 at +/-eps, as a base64 JPEG data URI."""
     from PIL import Image

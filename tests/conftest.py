@@ -356,7 +356,7 @@ class LiveStudy:
 @pytest.fixture(scope="module")
 def live_study(database_url: str, stimulus_set: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStudy]:
     """A gunicorn server (2 workers) on the session's database, one per test module and backend."""
-    from experiment.loadtest import ServerProcess
+    from servers import ServerProcess
 
     instance = tmp_path_factory.mktemp("live-instance")
     server = ServerProcess(instance, database_url, workers=2, threads=4)

@@ -18,7 +18,7 @@ from analysis.config import AnalysisConfig, ExclusionRules, load_config
 from analysis.data import EXPORT_COLUMNS, load_export
 from analysis.simulation import (conditional_logit, marginal_probability, parse_bias, simulate_export,
                                  simulate_trials)
-from experiment.cli import main as advbias
+from advbias.cli import main as advbias
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -134,7 +134,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path: Path, study: pd.DataFram
 def test_cli_process_exit_status_for_empty_export(tmp_path: Path) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("")
-    result = subprocess.run([sys.executable, "-m", "experiment.cli", "analyze", str(empty), "--out",
+    result = subprocess.run([sys.executable, "-m", "advbias", "analyze", str(empty), "--out",
                              str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"advbias: error: {empty} is empty: not a trial export"]

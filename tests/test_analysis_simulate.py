@@ -14,8 +14,8 @@ from scipy.stats import binomtest
 
 import analysis
 from analysis.simulation import _classify, _read_manifest, simulate_study
-from experiment.cli import CLIError
-from experiment.cli import main as advbias
+from advbias.errors import CLIError
+from advbias.cli import main as advbias
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

@@ -4,7 +4,7 @@ import sys
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "experiment.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "advbias", *args], capture_output=True, text=True)
 
 
 def test_help_lists_commands():

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from experiment.loadtest import HttpClient, SimulatedParticipant, compare, stored_answers
+from advbias.client import HttpClient, Participant as SimulatedParticipant
+from servers import compare, stored_answers
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from conftest import scratch_postgres_database
-from experiment.cli import main
+from advbias.cli import main
 from experiment.db import Database, SchemaError, downgrade, head_revision, upgrade
 from experiment.export import COLUMNS
 
@@ -329,7 +329,7 @@ def test_export_bad_input(cli, clean_database, experiment, tmp_path) -> None:  #
 def test_command_line_errors_are_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The real entry point in a fresh process: one line on stderr, exit status 2."""
     env = {"PATH": "/usr/bin:/bin", "ADVBIAS_INSTANCE_PATH": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "experiment.cli", "export", "nope", "--out", str(tmp_path / "x.csv")],
+    result = subprocess.run([sys.executable, "-m", "advbias", "export", "nope", "--out", str(tmp_path / "x.csv")],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     one_line_error(result.stderr, "the database has no advbias schema: run `advbias db upgrade`")

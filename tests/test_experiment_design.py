@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from experiment.design import Design, DesignConfig, StimulusRow
-from experiment.study import read_manifest
+from advbias.manifest import StimulusRow, read_manifest
+from experiment.design import Design, DesignConfig
 
 SEEDS = (0, 1, 7, 123456, 2**31 - 1)
 

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 import stimuli
-from experiment.cli import main as cli_main
+from advbias.cli import main as cli_main
 from stimuli.files import MANIFEST_COLUMNS, atomic_write_bytes, png_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,7 +302,7 @@ def test_a_foreign_folder_is_refused(tmp_path):
 
 def test_cli_rebuild_is_byte_identical_and_shows_progress(built_set, tmp_path):
     out = tmp_path / "again"
-    result = subprocess.run([sys.executable, "-m", "experiment.cli", *CLI_ARGS, "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "advbias", *CLI_ARGS, "--out", str(out)],
                             cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "img/s" in result.stderr or "s/img" in result.stderr  # the tqdm bar's rate
@@ -318,7 +318,7 @@ def test_cli_rebuild_is_byte_identical_and_shows_progress(built_set, tmp_path):
 def test_torchrun_two_processes_equal_one(built_set, tmp_path):
     out = tmp_path / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "experiment.cli", *CLI_ARGS, "--out", str(out), "--no-progress"]
+           "-m", "advbias", *CLI_ARGS, "--out", str(out), "--no-progress"]
     result = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((out / "set.json").read_text())

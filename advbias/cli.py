@@ -2,7 +2,7 @@
 
 Each stage keeps its commands next to its code, in a module that exposes
 ``register(subparsers)``. The root imports those modules lazily-light (they must
-not import torch or Flask at module level) so that ``advbias --help`` stays fast.
+not import torch or Flask at module level) so that ``advbias --help`` stays fast. ``python -m advbias`` runs the same root.
 
 Errors that a user can fix are raised as :class:`CLIError` (or ``ValueError``/
 ``FileNotFoundError``) and printed as one line on stderr with exit status 2.
@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
+
+from advbias.errors import CLIError
 
 #: Modules that contribute sub-commands, in the order they appear in ``--help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -21,10 +24,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "experiment.commands",
     "analysis.cli",
 )
-
-
-class CLIError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,12 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("advbias: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `advbias ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"advbias: error: {message}", file=sys.stderr)
         return 2
     return int(status or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,0 +1,6 @@
+"""``python -m advbias ...`` behaves exactly like the ``advbias`` command."""
+import sys
+
+from advbias.cli import main
+
+sys.exit(main())

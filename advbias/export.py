@@ -1,0 +1,35 @@
+"""The trial export: the one file between ``experiment`` and ``analysis`` (``docs/export.md``).
+
+This module owns the format: the column names and order, which columns are
+integers or floats, and the values of the categorical columns. ``experiment``
+writes rows with exactly these columns; ``analysis`` validates a file against
+them. One row per answered trial, in the spirit of jsPsych's data.
+"""
+from __future__ import annotations
+
+#: Column order of the export.
+COLUMNS: tuple[str, ...] = (
+    "experiment", "participant", "prolific_pid", "study_id", "session_id", "participant_status", "list", "seed",
+    "trial_index", "kind", "condition", "question", "question_target", "eps", "source", "pair_key",
+    "left_stimulus_id", "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
+    "target_side", "response", "chosen_target", "chose_question_target", "response_source", "rt_ms",
+    "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz", "fullscreen", "blurred", "blur_events",
+    "server_received_at",
+)
+INT_COLUMNS = ("list", "seed", "trial_index", "eps", "chose_question_target", "fullscreen", "blurred", "blur_events")
+FLOAT_COLUMNS = ("rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz")
+
+#: The columns the analysis cannot do without; the others are carried along when present.
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "participant", "participant_status", "trial_index", "kind", "condition",
+    "eps", "source", "target_side", "response", "chose_question_target", "rt_ms",
+    "fullscreen", "blurred", "blur_events",
+)
+
+#: Values of ``kind``.
+KINDS: tuple[str, ...] = ("practice", "main", "catch")
+#: Values of ``condition``: the trial types (what is shown beside the image perturbed toward the asked category).
+TRIAL_TYPES: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise", "catch")
+#: Values of ``participant_status``.
+STATUSES: tuple[str, ...] = ("in_progress", "completed", "screened_out")
+SIDES: tuple[str, ...] = ("left", "right")

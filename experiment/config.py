@@ -1,0 +1,163 @@
+"""Experiment configuration: the keys an experiment TOML may set, their defaults and checks."""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import string
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping
+
+
+from experiment.design import CONDITIONS, DEFAULT_QUESTION, DesignConfig
+from experiment.fields import CODE_RE
+
+#: Every key an experiment's TOML may set, with its type and default.
+DEFAULT_REDIRECT = "https://app.prolific.com/submissions/complete?cc={code}"
+
+CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "title": (str, "A short study about images"),
+    "conditions": (list, ["targets"]),
+    "pairs": (list, None),
+    "budgets": (list, None),
+    "trials_per_participant": (int, None),
+    "practice_trials": (int, 2),
+    "catch_trials": (int, 2),
+    "catch_min_prob": ((int, float), 0.5),
+    "max_catch_failures": (int, None),
+    "question": (str, DEFAULT_QUESTION),
+    "presentation": ((str, int), "until_response"),
+    "fixation_ms": (int, 500),
+    "iti_ms": (int, 500),
+    "break_every": (int, 0),
+    "completion_code": (str, None),
+    "screenout_code": (str, None),
+    "redirect_url": (str, DEFAULT_REDIRECT),
+    "consent_text": (str, None),
+    "instructions_text": (str, None),
+    "debrief_question": (str, "Did anything look unusual to you? (optional)"),
+    "min_window_width": (int, 800),
+    "min_window_height": (int, 500),
+}
+
+DEFAULT_CONSENT = (
+    "You are invited to take part in a short study about how people see images. You will see pairs of "
+    "pictures and choose the one that fits a question better. It takes about ten minutes. Your answers are "
+    "stored without your name, you may stop at any time, and the data will be used for research only."
+)
+DEFAULT_INSTRUCTIONS = (
+    "On each trial a cross appears in the middle of the screen, then two pictures side by side and a question. "
+    "Press F to choose the left picture or J to choose the right picture (or click it). There are no right or "
+    "wrong answers: go with your first impression. The first trials are practice."
+)
+
+
+def load_config_file(path: Path | None) -> dict[str, Any]:
+    """Read an experiment TOML file (an absent path means all defaults)."""
+    if path is None:
+        return {}
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+
+
+def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]]:
+    """Validate an experiment configuration; returns the design part and every other setting."""
+    unknown = sorted(set(raw) - set(CONFIG_KEYS))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
+    values: dict[str, Any] = {}
+    for key, (kind, default) in CONFIG_KEYS.items():
+        value = raw.get(key, default)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"config key {key} has the wrong type ({type(value).__name__})")
+        values[key] = value
+    for key in ("conditions", "pairs"):
+        if values[key] is not None and not all(isinstance(v, str) for v in values[key]):
+            raise ValueError(f"config key {key} must be a list of strings")
+    if values["budgets"] is not None and not all(type(v) is int for v in values["budgets"]):
+        raise ValueError("config key budgets must be a list of integers (8-bit levels)")
+    for key in ("practice_trials", "catch_trials", "fixation_ms", "iti_ms", "break_every"):
+        if not 0 <= values[key] <= 100_000:
+            raise ValueError(f"config key {key} must be between 0 and 100000")
+    if not 0.0 <= float(values["catch_min_prob"]) <= 1.0:
+        raise ValueError("catch_min_prob must be between 0 and 1")
+    presentation = values["presentation"]
+    if isinstance(presentation, str):
+        if presentation != "until_response":
+            raise ValueError('presentation must be "until_response" or a duration in milliseconds')
+        presentation_ms = None
+    else:
+        if not 1 <= presentation <= 60_000:
+            raise ValueError("presentation must be between 1 and 60000 milliseconds")
+        presentation_ms = presentation
+    for conds in [values["conditions"]]:
+        for cond in conds:
+            if cond not in CONDITIONS:
+                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+    code = values["completion_code"] or "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(8))
+    for key, value in (("completion_code", code), ("screenout_code", values["screenout_code"])):
+        if value is not None and not CODE_RE.match(value):
+            raise ValueError(f"{key} must be 1-64 letters, digits, '-' or '_'")
+    redirect = values["redirect_url"]
+    if not re.match(r"^https?://", redirect):
+        raise ValueError("redirect_url must start with https:// or http://")
+    try:
+        redirect.format(code="X")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError("redirect_url may contain {code} and no other {field}") from None
+    design = DesignConfig(
+        conditions=tuple(values["conditions"]),
+        pairs=tuple(values["pairs"]) if values["pairs"] is not None else None,
+        budgets=tuple(values["budgets"]) if values["budgets"] is not None else None,
+        trials_per_participant=values["trials_per_participant"],
+        practice_trials=values["practice_trials"],
+        catch_trials=values["catch_trials"],
+        catch_min_prob=float(values["catch_min_prob"]),
+        question=values["question"],
+        presentation_ms=presentation_ms,
+    )
+    max_fail = values["max_catch_failures"]
+    if max_fail is None:
+        max_fail = design.catch_trials // 2
+    settings = {
+        "title": values["title"],
+        "question": values["question"],
+        "presentation_ms": presentation_ms,
+        "fixation_ms": values["fixation_ms"],
+        "iti_ms": values["iti_ms"],
+        "break_every": values["break_every"],
+        "completion_code": code,
+        "screenout_code": values["screenout_code"],
+        "max_catch_failures": max_fail,
+        "redirect_url": redirect,
+        "consent_text": values["consent_text"] or DEFAULT_CONSENT,
+        "instructions_text": values["instructions_text"] or DEFAULT_INSTRUCTIONS,
+        "debrief_question": values["debrief_question"],
+        "min_window_width": values["min_window_width"],
+        "min_window_height": values["min_window_height"],
+        "design": jsonable(asdict(design)),
+        "config": dict(raw),
+    }
+    return design, settings
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def design_config_from_settings(settings: Mapping[str, Any]) -> DesignConfig:
+    d = dict(settings["design"])
+    for key in ("conditions", "pairs", "budgets"):
+        if d.get(key) is not None:
+            d[key] = tuple(d[key])
+    return DesignConfig(**d)
+
+

@@ -1,0 +1,206 @@
+"""Answers and the end of a session.
+
+A response is stored only if ``participants.next_index`` still equals the trial's
+index (``UPDATE ... WHERE next_index = :i``), and a trial or an idempotency key can
+be stored once only (unique constraints). A replay with the same key returns the
+stored answer and writes nothing.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from experiment.db import Database
+from experiment.errors import Conflict, NotFound, StudyError
+from experiment.fields import KEY_RE, RESPONSE_FIELDS, TOKEN_RE, validate_fields
+from experiment.models import Experiment, Participant, Response, Trial, iso_utc, utcnow
+from experiment.participants import get_participant, participant_state, ready_for_trials
+
+def _answer(trial: Trial, response: Response, n_trials: int) -> dict[str, Any]:
+    """The reply to a stored response; a replay gets exactly the same reply."""
+    return _answer_values(trial.public_id, trial.index, n_trials, response.server_received_at)
+
+
+def _answer_values(trial_public_id: str, index: int, n_trials: int, received_at: datetime) -> dict[str, Any]:
+    return {
+        "trial_id": trial_public_id,
+        "index": index,
+        "stored": True,
+        "next_index": index + 1,
+        "done": index + 1 >= n_trials,
+        "received_at": iso_utc(received_at),
+    }
+
+
+# The fast path's statements, built once: building a statement and computing its cache key cost
+# more CPU than running it, and a prebuilt statement memoizes its key (SQLAlchemy then reuses the
+# compiled SQL). Table-level (Core) constructs avoid the ORM's per-call overhead.
+_P, _T, _R = Participant.__table__, Trial.__table__, Response.__table__
+_FAST_LOOKUP = (
+    select(_P.c.id, _P.c.n_trials, _P.c.next_index, _P.c.status, _P.c.consented_at, _P.c.browser,
+           _T.c.id.label("trial_id"), _T.c.index.label("trial_index"))
+    .select_from(_P.outerjoin(_T, and_(_T.c.participant_id == _P.c.id, _T.c.public_id == bindparam("trial_pid"))))
+    .where(_P.c.token == bindparam("token"))
+)
+_FAST_ADVANCE = (
+    update(_P)
+    .where(_P.c.id == bindparam("b_pid"), _P.c.next_index == bindparam("b_index"))
+    .values(next_index=bindparam("b_index") + 1)
+)
+_FAST_INSERT = insert(_R)
+
+
+class _NotSimple(Exception):
+    """The fast path cannot store this answer as is; the careful path decides what happens."""
+
+
+def _replay(session: Session, participant_id: int, n_trials: int, key: str, trial_public_id: str):
+    stored = session.scalar(
+        select(Response).where(Response.participant_id == participant_id, Response.idempotency_key == key)
+    )
+    if stored is None:
+        return None
+    trial = session.get(Trial, stored.trial_id)
+    assert trial is not None
+    if trial.public_id != trial_public_id:
+        raise Conflict("this idempotency key was already used for another trial")
+    return _answer(trial, stored, n_trials)
+
+
+def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, Any], bool]:
+    """Store one answer; returns (answer, replayed). Raises NotFound/Conflict/Forbidden/StudyError."""
+    data = validate_fields(payload, RESPONSE_FIELDS, ("trial_id", "idempotency_key", "response", "rt_ms"))
+    source = data.get("response_source") or "key"
+    key, trial_pid = data["idempotency_key"], data["trial_id"]
+    if not KEY_RE.match(key):
+        raise StudyError("idempotency_key must be 8-64 letters, digits, '-' or '_'")
+    if not TOKEN_RE.match(trial_pid):
+        raise NotFound("no such trial for this participant")
+    if not isinstance(token, str) or not TOKEN_RE.match(token):
+        raise NotFound("unknown participant")
+
+    # Fast path (almost every request): the next trial of a ready participant, in one short
+    # transaction of three prebuilt statements. Anything unusual (replay, wrong order, not ready,
+    # a race) falls through to the careful path below, which gives the precise answer.
+    try:
+        with db.write_connection() as conn:
+            row = conn.execute(_FAST_LOOKUP, {"token": token, "trial_pid": trial_pid}).first()
+            if row is None:
+                raise NotFound("unknown participant")
+            if (
+                row.trial_id is None or row.trial_index != row.next_index or row.status != "in_progress"
+                or row.consented_at is None or row.browser is None
+            ):
+                raise _NotSimple
+            moved = conn.execute(_FAST_ADVANCE, {"b_pid": row.id, "b_index": row.trial_index}).rowcount
+            if moved != 1:
+                raise _NotSimple
+            received = utcnow()
+            conn.execute(
+                _FAST_INSERT,
+                {
+                    "trial_id": row.trial_id, "participant_id": row.id, "idempotency_key": key,
+                    "response": data["response"], "response_source": source, "rt_ms": data["rt_ms"],
+                    "onset_frame_ms": data.get("onset_frame_ms"), "offset_frame_ms": data.get("offset_frame_ms"),
+                    "fullscreen": bool(data.get("fullscreen")), "blurred": bool(data.get("blurred")),
+                    "blur_events": int(data.get("blur_events") or 0), "server_received_at": received,
+                },
+            )
+        return _answer_values(trial_pid, row.trial_index, row.n_trials, received), False
+    except (_NotSimple, IntegrityError):
+        pass
+
+    conflict: StudyError | None = None
+    try:
+        with db.write() as session:
+            participant = get_participant(session, token)
+            replay = _replay(session, participant.id, participant.n_trials, key, trial_pid)
+            if replay is not None:
+                return replay, True
+            ready_for_trials(participant)
+            trial = session.scalar(
+                select(Trial).where(Trial.public_id == trial_pid, Trial.participant_id == participant.id)
+            )
+            if trial is None:
+                raise NotFound("no such trial for this participant")
+            if participant.status != "in_progress":
+                raise Conflict("this participant has already finished")
+            if trial.index < participant.next_index:
+                raise Conflict("this trial was already answered", next_index=participant.next_index)
+            if trial.index != participant.next_index:
+                raise Conflict(
+                    f"trials must be answered in order: the next one is {participant.next_index}",
+                    next_index=participant.next_index,
+                )
+            moved = session.execute(
+                update(Participant)
+                .where(Participant.id == participant.id, Participant.next_index == trial.index)
+                .values(next_index=trial.index + 1)
+            ).rowcount
+            if moved != 1:
+                raise Conflict("another answer to this trial was stored first")
+            response = Response(
+                trial_id=trial.id, participant_id=participant.id, idempotency_key=key, response=data["response"],
+                response_source=source, rt_ms=data["rt_ms"], onset_frame_ms=data.get("onset_frame_ms"),
+                offset_frame_ms=data.get("offset_frame_ms"), fullscreen=bool(data.get("fullscreen")),
+                blurred=bool(data.get("blurred")), blur_events=int(data.get("blur_events") or 0),
+                server_received_at=utcnow(),
+            )
+            session.add(response)
+            session.flush()
+            answer = _answer(trial, response, participant.n_trials)
+        return answer, False
+    except Conflict as exc:
+        conflict = exc
+    except IntegrityError:
+        conflict = Conflict("another answer to this trial was stored first")
+    # A concurrent request may have stored this very key: then this is a replay, not a conflict.
+    with db.session() as session:
+        participant = get_participant(session, token)
+        replay = _replay(session, participant.id, participant.n_trials, key, trial_pid)
+        if replay is not None:
+            return replay, True
+    raise conflict
+
+
+def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
+    """Record the debrief answer and complete (or screen out) the participant; idempotent."""
+    data = validate_fields(payload, {"text": ("str", 0, 5000)}, ())
+    text = data.get("text") or ""
+    with db.write() as session:
+        participant = get_participant(session, token)
+        if participant.status != "in_progress":
+            return participant_state(session, participant)
+        if participant.next_index < participant.n_trials:
+            raise Conflict(
+                f"{participant.n_trials - participant.next_index} trial(s) are not answered yet",
+                next_index=participant.next_index,
+            )
+        exp = session.get(Experiment, participant.experiment_id)
+        assert exp is not None
+        failures = session.scalar(
+            select(func.count())
+            .select_from(Response)
+            .join(Trial, Trial.id == Response.trial_id)
+            .where(Trial.participant_id == participant.id, Trial.kind == "catch", Response.response != Trial.target_side)
+        ) or 0
+        screen_out = bool(exp.settings.get("screenout_code")) and failures > exp.settings["max_catch_failures"]
+        session.execute(
+            update(Participant)
+            .where(Participant.id == participant.id, Participant.status == "in_progress")
+            .values(
+                status="screened_out" if screen_out else "completed",
+                debrief=text,
+                catch_failures=failures,
+                completed_at=utcnow(),
+            )
+        )
+        session.flush()
+        session.refresh(participant)
+        return participant_state(session, participant)
+
+

@@ -1,0 +1,1 @@
+"""Jinja templates of the participant and admin pages; shipped in the wheel as ``experiment.templates``."""
