@@ -150,3 +150,13 @@ def test_wheel_installed_outside_the_checkout_serves_a_study(tmp_path: Path, sti
         assert status == 200 and len(script) > 1000
         status, login = _get(server.port, "/admin/login")
         assert status == 200 and b"password" in login.lower()
+
+
+def test_architecture_page_lists_every_module() -> None:
+    """docs/architecture.md's module table names every product module, and only existing ones."""
+    import re
+
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([a-z_/]+\.py)` \|", page, re.M))
+    actual = {str(p.relative_to(ROOT)) for p in _product_modules()}
+    assert listed == actual, {"missing": sorted(actual - listed), "stale": sorted(listed - actual)}
