@@ -124,7 +124,8 @@ def test_wheel_installed_outside_the_checkout_serves_a_study(tmp_path: Path, sti
                              check=True, capture_output=True, text=True).stdout.strip()
     # Dependencies come from the project's environment; only its site-packages (not its .pth
     # files, so not the editable install of this checkout) is put on the new environment's path.
-    Path(purelib, "advbias_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = [p for p in sys.path if p.endswith("site-packages")] or [sysconfig.get_paths()["purelib"]]
+    Path(purelib, "advbias_deps.pth").write_text("\n".join(deps) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index",
                     str(wheel)], check=True, capture_output=True)
     away = tmp_path / "elsewhere"
