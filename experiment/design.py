@@ -383,7 +383,8 @@ class Design:
         catch_used: set[str] = set(used)
         start = rng.randrange(2)
         for j in range(self.config.catch_trials):
-            asked, _other = chosen_categories = rng.sample(categories, 2)
+            chosen_categories = rng.sample(categories, 2)  # the asked one first
+            asked = chosen_categories[0]
             chosen = []
             for category in chosen_categories:
                 pool = {r.source_sha256: r for r in self.catch_pool[category]}
