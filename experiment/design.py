@@ -1,31 +1,45 @@
 """Trial design: which pair of images each participant sees, on which side, in which order.
 
 Pure code (no database, no Flask) so that the balance guarantees can be checked
-directly and reproduced from the stored seed:
+directly and reproduced from the stored list and seed:
 
 * A **cell** is one combination of category pair ``A:B``, trial type
   (``targets``, ``vs_clean``, ``vs_flip``, ``vs_noise``), budget and asked
   category (A or B). An experiment with P pairs, C trial types and B budgets has
-  ``K = P * C * B * 2`` cells and ``K`` counterbalancing lists.
-* **Latin square across participants.** The usable source photos are sorted by
-  their hash; in list ``l`` the source at position ``i`` belongs to cell
-  ``(i + l) mod K``. Over the K lists every source image passes through every
-  budget, trial type and asked category once.
-* **Balance within a participant.** A participant sees ``n / K`` sources of every
-  cell (``n`` main trials, a multiple of K), so budgets, trial types and asked
-  categories are exactly balanced, and every main trial shows a different source.
-  The image perturbed toward the asked category is on the left in exactly half of
-  the main trials (and within each cell as evenly as its size allows).
+  ``K = P * C * B * 2`` cells. A participant sees ``q = n / K`` source photos in
+  every cell (``n`` main trials, a multiple of K), each photo at most once.
+* **Lists** cross three counterbalancing factors, innermost first:
+  the *side* (which side shows the image perturbed toward the asked category:
+  as planned, or mirrored), the *rotation* (a Latin square: the photo at
+  position ``j`` of the list's window is in cell ``(j + r) mod K``) and the
+  *window* (which ``n`` of the ``S`` usable photos, sorted by hash, the list
+  shows: ``n`` consecutive ones from position ``w * n``, cyclically). There are
+  ``2 * K * W`` lists with ``W = S / gcd(S, n)`` windows (``W = 1`` when a
+  participant sees every photo). Over each complete round of lists every photo
+  is shown equally often, in every cell equally often, and on each side of
+  every cell equally often; every 2K consecutive lists (one window) are already
+  a complete Latin square with mirrored sides.
+* **Side balance within a participant.** The side of a main trial is a
+  checkerboard over the design factors: with ``(p, c, e, a)`` the indices of the
+  cell's pair, trial type, budget and asked category, ``m`` the photo's rank
+  within its cell and ``f`` the list's side factor, the target is on the left
+  when ``p + c + e + a + m + f`` is even. Any subset of main trials fixed by
+  some factors (one cell, one budget and asked category, one trial type, ...)
+  therefore shows the target left and right equally often, or with one extra
+  trial on one side when the subset has an odd number of trials; the whole set
+  (K is even) is exactly balanced.
 * **Catch trials** pair two clean images of different categories that the model
   ensemble is confident about and ask about one of them; **practice trials** use
   the first trial type at the largest budget. Both prefer sources the participant
   does not see in a main trial; when the set has none to spare they reuse some.
 * The order (practice first, then main and catch trials shuffled together) and
-  every random choice come from ``random.Random(seed)``, the seed being stored
-  with the participant, so a sequence can always be rebuilt.
+  every other random choice come from ``random.Random(seed)``, the seed being
+  stored with the participant, so a sequence can always be rebuilt from
+  ``(list, seed)``.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -184,6 +198,14 @@ class Design:
             for eps in self.budgets
             for asked in pair.split(":", 1)
         )
+        #: (pair + trial type + budget + asked category indices) mod 2: the checkerboard of the sides.
+        self.cell_parity: dict[Cell, int] = {
+            Cell(pair, cond, eps, asked): (p + c + e + a) % 2
+            for p, pair in enumerate(self.pairs)
+            for c, cond in enumerate(config.conditions)
+            for e, eps in enumerate(self.budgets)
+            for a, asked in enumerate(pair.split(":", 1))
+        }
         all_sources = sorted(self.images.source_name)
         self.sources: tuple[str, ...] = tuple(s for s in all_sources if self._source_usable(s))
         self.excluded_sources = len(all_sources) - len(self.sources)
@@ -227,8 +249,14 @@ class Design:
     # ------------------------------------------------------------------ structure
 
     @property
+    def n_windows(self) -> int:
+        """How many different sets of ``n_main`` photos the lists cycle through (1 when all are shown)."""
+        return len(self.sources) // math.gcd(len(self.sources), self.n_main)
+
+    @property
     def n_lists(self) -> int:
-        return len(self.cells)
+        """Lists in one complete round: 2 sides x K rotations x the windows."""
+        return 2 * len(self.cells) * self.n_windows
 
     @property
     def n_trials(self) -> int:
@@ -242,6 +270,7 @@ class Design:
             "budgets": list(self.budgets),
             "cells": len(self.cells),
             "lists": self.n_lists,
+            "photo_windows": self.n_windows,
             "usable_sources": len(self.sources),
             "excluded_sources": self.excluded_sources,
             "main_trials": self.n_main,
@@ -271,12 +300,32 @@ class Design:
             other = self.images.noise.get(key)
         return None if other is None else (toward, other)
 
-    def list_cells(self, list_index: int) -> dict[str, Cell]:
-        """The Latin-square row: the cell of every usable source in list ``list_index``."""
+    def list_factors(self, list_index: int) -> tuple[int, int, int]:
+        """``(side, rotation, window)`` of a list; the side factor varies fastest, then the rotation."""
         if not 0 <= list_index < self.n_lists:
             raise ValueError(f"list {list_index} does not exist (0..{self.n_lists - 1})")
         k = len(self.cells)
-        return {sha: self.cells[(i + list_index) % k] for i, sha in enumerate(self.sources)}
+        return list_index % 2, (list_index // 2) % k, list_index // (2 * k)
+
+    def window_sources(self, window: int) -> tuple[str, ...]:
+        """The ``n_main`` photos of one window: consecutive in hash order, wrapping around."""
+        n, s = self.n_main, len(self.sources)
+        return tuple(self.sources[(window * n + j) % s] for j in range(n))
+
+    def list_plan(self, list_index: int) -> dict[str, tuple[Cell, str]]:
+        """Every main-trial photo of a list with its cell and the side of the image toward the asked category."""
+        flip, rotation, window = self.list_factors(list_index)
+        k = len(self.cells)
+        plan: dict[str, tuple[Cell, str]] = {}
+        for j, sha in enumerate(self.window_sources(window)):
+            cell = self.cells[(j + rotation) % k]
+            rank = j // k  # the photo's rank among the q photos of its cell
+            plan[sha] = (cell, SIDES[(self.cell_parity[cell] + rank + flip) % 2])
+        return plan
+
+    def list_cells(self, list_index: int) -> dict[str, Cell]:
+        """The Latin-square row: the cell of every photo shown in a main trial of list ``list_index``."""
+        return {sha: cell for sha, (cell, _side) in self.list_plan(list_index).items()}
 
     # ------------------------------------------------------------------ one participant
 
@@ -317,32 +366,27 @@ class Design:
     def participant_trials(self, list_index: int, seed: int) -> list[TrialSpec]:
         """The full sequence (practice, then main and catch shuffled) for one participant."""
         rng = random.Random(seed)
-        k = len(self.cells)
-        per_cell = self.n_main // k
-        by_cell: dict[Cell, list[str]] = defaultdict(list)
-        for sha, cell in self.list_cells(list_index).items():
-            by_cell[cell].append(sha)
+        cell_order = {cell: i for i, cell in enumerate(self.cells)}
+        plan = sorted(self.list_plan(list_index).items(), key=lambda item: (cell_order[item[1][0]], item[0]))
+        main = [self._trial("main", cell, sha, side) for sha, (cell, side) in plan]
+        used = {sha for sha, _ in plan}
+        catch, catch_used = self._catch_trials(rng, used)
+        practice = self._practice_trials(rng, used | catch_used)
+        body = main + catch
+        rng.shuffle(body)
+        return practice + body
 
-        # Main trials: n/K sources per cell; sides alternate along the cell-ordered sequence.
-        start = rng.randrange(2)
-        main: list[TrialSpec] = []
-        used: set[str] = set()
-        position = 0
-        for cell in self.cells:
-            for sha in rng.sample(sorted(by_cell[cell]), per_cell):
-                main.append(self._trial("main", cell, sha, SIDES[(position + start) % 2]))
-                used.add(sha)
-                position += 1
-
-        # Catch trials: two confident clean images of different categories, asked side balanced.
+    def _catch_trials(self, rng: random.Random, used: set[str]) -> tuple[list[TrialSpec], set[str]]:
+        """Two confident clean images of different categories per trial; the asked one's side alternates."""
         catch: list[TrialSpec] = []
         categories = sorted(self.catch_pool)
         catch_used: set[str] = set(used)
         start = rng.randrange(2)
         for j in range(self.config.catch_trials):
-            asked, other = rng.sample(categories, 2)
+            chosen_categories = rng.sample(categories, 2)  # the asked one first
+            asked = chosen_categories[0]
             chosen = []
-            for category in (asked, other):
+            for category in chosen_categories:
                 pool = {r.source_sha256: r for r in self.catch_pool[category]}
                 sha = self._prefer_unused(rng, sorted(pool), catch_used)[0]
                 catch_used.add(sha)
@@ -370,17 +414,16 @@ class Design:
                     presentation_ms=self.config.presentation_ms,
                 )
             )
+        return catch, catch_used
 
-        # Practice: the first trial type at the largest budget, asked category and side alternating.
+    def _practice_trials(self, rng: random.Random, avoid: set[str]) -> list[TrialSpec]:
+        """The first trial type at the largest budget; asked category and side alternate."""
         practice: list[TrialSpec] = []
         pair = self.pairs[0]
         a, b = pair.split(":", 1)
         start = rng.randrange(2)
-        order = self._prefer_unused(rng, self.sources, used | catch_used)
+        order = self._prefer_unused(rng, self.sources, avoid)
         for j in range(self.config.practice_trials):
             cell = Cell(pair, self.config.conditions[0], max(self.budgets), (a, b)[j % 2])
             practice.append(self._trial("practice", cell, order[j % len(order)], SIDES[(j + start) % 2]))
-
-        body = main + catch
-        rng.shuffle(body)
-        return practice + body
+        return practice

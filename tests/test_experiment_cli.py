@@ -138,7 +138,7 @@ def test_experiment_create(cli, clean_database, stimulus_set, tmp_path) -> None:
                            "--base-url", "https://study.example.org/")
     assert status == 0, err
     assert "experiment pilot created" in out
-    assert "8 main + 2 practice + 2 catch trials per participant; 4 counterbalancing lists" in out
+    assert "8 main + 2 practice + 2 catch trials per participant; 8 counterbalancing lists" in out
     assert "participant URL: https://study.example.org/run/pilot\n" in out
     assert ("https://study.example.org/run/pilot?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}"
             "&SESSION_ID={{%SESSION_ID%}}") in out

@@ -1,14 +1,21 @@
-"""Trial design on a real stimulus set: balance per participant, Latin square across lists, seeds."""
+"""Trial design: balance per participant, Latin square and side counterbalancing across lists, seeds.
+
+The first tests run on the real fixture stimulus set; the balance tests also run on
+manifests built here (any number of photos, pairs, budgets and trial types), since the
+design is pure code over manifest rows.
+"""
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, defaultdict
 from dataclasses import replace
+from itertools import combinations
 from pathlib import Path
 
 import pytest
 
-from advbias.manifest import StimulusRow, read_manifest
-from experiment.design import Design, DesignConfig
+from advbias.manifest import StimulusRow, pair_key, read_manifest
+from experiment.design import Design, DesignConfig, TrialSpec
 
 SEEDS = (0, 1, 7, 123456, 2**31 - 1)
 
@@ -31,7 +38,7 @@ def test_set_shape(rows: list[StimulusRow]) -> None:
 
 def test_each_participant_is_balanced(rows: list[StimulusRow], by_id: dict[str, StimulusRow]) -> None:
     design = Design(rows, DesignConfig())
-    assert design.n_lists == 4 and design.n_main == 8
+    assert design.n_lists == 8 and design.n_main == 8 and design.n_windows == 1
     for list_index in range(design.n_lists):
         for seed in SEEDS:
             trials = design.participant_trials(list_index, seed)
@@ -62,23 +69,27 @@ def test_each_participant_is_balanced(rows: list[StimulusRow], by_id: dict[str, 
                 assert {t.left_target, t.right_target} == {"cat", "truck"}
 
 
-def test_latin_square_rotates_images_through_budgets(rows: list[StimulusRow]) -> None:
+def test_latin_square_rotates_images_through_budgets_and_sides(rows: list[StimulusRow]) -> None:
     design = Design(rows, DesignConfig())
     cells_per_source: dict[str, list] = {}
     for list_index in range(design.n_lists):
-        for sha, cell in design.list_cells(list_index).items():
-            cells_per_source.setdefault(sha, []).append((cell.eps, cell.asked))
+        for sha, (cell, side) in design.list_plan(list_index).items():
+            cells_per_source.setdefault(sha, []).append((cell.eps, cell.asked, side))
     assert len(cells_per_source) == 8
     for cells in cells_per_source.values():
-        # over the 4 lists every photo appears once in each budget x asked-category cell
-        assert sorted(cells) == [(2, "cat"), (2, "truck"), (16, "cat"), (16, "truck")]
-    # the union of what the participants of all lists see covers every photo in every cell once
+        # over the 8 lists every photo appears once in each budget x asked-category cell x side
+        assert sorted(cells) == sorted(
+            (eps, asked, side) for eps in (2, 16) for asked in ("cat", "truck") for side in ("left", "right")
+        )
+    # what the participants of all lists see covers every photo in every cell once on each side
     seen = Counter()
     for list_index in range(design.n_lists):
         for t in design.participant_trials(list_index, seed=5):
             if t.kind == "main":
-                seen[(t.source, t.eps, t.question_target)] += 1
-    assert len(seen) == 32 and set(seen.values()) == {1}
+                seen[(t.source, t.eps, t.question_target, t.target_side)] += 1
+    assert len(seen) == 64 and set(seen.values()) == {1}
+    with pytest.raises(ValueError, match="list 8 does not exist"):
+        design.list_plan(8)
 
 
 def test_sequence_is_reproducible_from_the_seed(rows: list[StimulusRow]) -> None:
@@ -108,7 +119,7 @@ def test_catch_trials_use_confident_clean_images(rows: list[StimulusRow], by_id:
 def test_control_conditions_pair_the_right_images(rows: list[StimulusRow], by_id: dict[str, StimulusRow]) -> None:
     config = DesignConfig(conditions=("targets", "vs_clean", "vs_flip", "vs_noise"), budgets=(16,))
     design = Design(rows, config)
-    assert design.n_lists == 8 and design.n_main == 8
+    assert design.n_lists == 16 and design.n_main == 8
     expected_other = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
     for seed in SEEDS[:2]:
         main = [t for t in design.participant_trials(3, seed) if t.kind == "main"]
@@ -156,3 +167,123 @@ def test_missing_controls_are_named(rows: list[StimulusRow]) -> None:
         Design(without_flip, DesignConfig(conditions=("vs_flip",)))
     # a set without controls still carries the main design
     assert Design(without_flip, DesignConfig()).n_main == 8
+
+
+# --------------------------------------------------------------------------- balance on built manifests
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def built_manifest(n_photos: int, pairs: tuple[str, ...], budgets: tuple[int, ...]) -> list[StimulusRow]:
+    """Rows of a complete set (adversarial, flip, noise and clean images) for ``n_photos`` photos."""
+    rows = []
+    for i in range(n_photos):
+        src = f"photo{i:03d}.png"
+        sha = _sha(src)
+        rows.append(StimulusRow(_sha("clean" + src), src, sha, "clean", ensemble_category=("cat", "truck")[i % 2],
+                                ensemble_category_prob=0.9))
+        for pair in pairs:
+            a, b = pair.split(":")
+            for eps in budgets:
+                key = pair_key(sha, a, b, eps)
+                rows.append(StimulusRow(_sha(f"noise{key}"), src, sha, "noise", pair, "", eps, key))
+                for target in (a, b):
+                    for cond in ("adversarial", "flip"):
+                        rows.append(StimulusRow(_sha(f"{cond}{key}{target}"), src, sha, cond, pair, target, eps, key))
+    return rows
+
+
+#: (photos, pairs, budgets, trial types, main trials): 1, 2 and 3 trials per cell, photos a multiple of the
+#: cell count or not, one or two pairs, one to three budgets and trial types.
+CASES = [
+    (8, ("cat:truck",), (2, 16), ("targets",), 4),
+    (10, ("cat:truck",), (2, 16), ("targets",), None),
+    (12, ("cat:truck",), (2, 16), ("targets",), 12),
+    (13, ("cat:truck",), (2, 16), ("targets",), 12),
+    (15, ("cat:truck",), (1, 2, 4, 8, 16), ("targets",), 10),
+    (20, ("cat:truck",), (4, 16), ("targets", "vs_clean", "vs_flip"), 12),
+    (14, ("cat:truck", "dog:car"), (4,), ("targets", "vs_noise"), None),
+    (25, ("cat:truck", "dog:car"), (2, 4, 16), ("targets",), None),
+]
+CASE_IDS = ["1-per-cell", "10-photos-4-cells", "3-per-cell", "13-photos-3-per-cell", "5-budgets-1-per-cell",
+            "3-types-1-per-cell", "2-pairs-2-types-3-per-cell", "2-pairs-3-budgets-2-per-cell"]
+FACTORS = ("pair", "condition", "eps", "asked")
+
+
+def _design(case: tuple) -> Design:
+    n_photos, pairs, budgets, conditions, n_main = case
+    config = DesignConfig(conditions=conditions, trials_per_participant=n_main, catch_trials=0, practice_trials=0)
+    return Design(built_manifest(n_photos, pairs, budgets), config)
+
+
+def _factors(design: Design, t: TrialSpec) -> dict[str, object]:
+    pair = next(p for p in design.pairs if t.question_target in p.split(":"))
+    return {"pair": pair, "condition": t.condition, "eps": t.eps, "asked": t.question_target}
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_every_participant_is_side_balanced_in_every_slice(case: tuple) -> None:
+    """Every cell, budget x asked category, asked category, ...: left and right differ by at most one trial,
+    and by none when the slice has an even number of trials."""
+    design = _design(case)
+    per_cell = design.n_main // len(design.cells)
+    for list_index in range(design.n_lists):
+        main = [t for t in design.participant_trials(list_index, seed=list_index) if t.kind == "main"]
+        assert len(main) == design.n_main and len({t.source for t in main}) == len(main)
+        assert Counter((t.condition, t.eps, t.question_target) for t in main).most_common()[-1][1] == per_cell
+        for size in range(len(FACTORS) + 1):
+            for names in combinations(FACTORS, size):
+                sides: dict[tuple, Counter] = defaultdict(Counter)
+                for t in main:
+                    f = _factors(design, t)
+                    sides[tuple(f[n] for n in names)][t.target_side] += 1
+                for key, count in sides.items():
+                    total = count["left"] + count["right"]
+                    assert abs(count["left"] - count["right"]) == total % 2, (list_index, names, key, count)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_a_round_of_lists_counterbalances_photos_cells_and_sides(case: tuple) -> None:
+    """Over one round every photo is shown equally often, in every cell equally often, on each side of every
+    cell equally often; every 2K consecutive lists are already a Latin square with mirrored sides."""
+    design = _design(case)
+    n_photos, k = len(design.sources), len(design.cells)
+    assert design.n_lists == 2 * k * design.n_windows
+    assert design.n_windows * design.n_main % n_photos == 0
+    usage: Counter = Counter()
+    per_cell: Counter = Counter()
+    per_side: Counter = Counter()
+    per_item: dict[tuple, Counter] = defaultdict(Counter)
+    for list_index in range(design.n_lists):
+        for t in design.participant_trials(list_index, seed=7):
+            usage[t.source_sha256] += 1
+            per_cell[(t.source_sha256, t.condition, t.eps, t.question_target)] += 1
+            per_side[(t.source_sha256, t.condition, t.eps, t.question_target, t.target_side)] += 1
+            per_item[(t.source_sha256, t.eps, t.question_target)][t.target_side] += 1
+        if (list_index + 1) % (2 * k) == 0:  # a window is complete: left and right mirror each other
+            assert all(c["left"] == c["right"] for c in per_item.values())
+    uses = design.n_lists * design.n_main // n_photos
+    assert set(usage.values()) == {uses} and len(usage) == n_photos
+    assert len(per_cell) == n_photos * k and set(per_cell.values()) == {uses // k}
+    assert len(per_side) == 2 * n_photos * k and set(per_side.values()) == {uses // k // 2}
+    assert all(c["left"] == c["right"] for c in per_item.values())
+
+
+def test_old_imbalance_is_gone_with_one_trial_per_cell() -> None:
+    """The case that used to put the target on the left in every "cat?" trial and no "truck?" trial."""
+    design = _design(CASES[0])
+    for list_index in range(design.n_lists):
+        main = [t for t in design.participant_trials(list_index, seed=3) if t.kind == "main"]
+        assert Counter((t.question_target, t.target_side) for t in main) == {
+            ("cat", "left"): 1, ("cat", "right"): 1, ("truck", "left"): 1, ("truck", "right"): 1
+        }
+
+
+def test_windows_spread_photos_that_are_not_a_multiple_of_the_cell_count() -> None:
+    design = _design(CASES[1])  # 10 photos, 4 cells: participants see 8
+    assert design.n_main == 8 and design.n_windows == 5 and design.n_lists == 40
+    windows = [set(design.window_sources(w)) for w in range(design.n_windows)]
+    assert all(len(w) == 8 for w in windows)
+    assert set(Counter(s for w in windows for s in w).values()) == {4}
+    assert design.summary()["photo_windows"] == 5 and design.summary()["lists"] == 40
