@@ -28,8 +28,8 @@ _EXPORTS = {
     "participant_rt": "stats", "catch_accuracy": "stats", "one_sample_tests": "stats",
     "fit_logistic_glmm": "glmm", "GLMMResult": "glmm",
     "analyze": "report", "run_analysis": "report",
-    "simulate_export": "simulation", "simulate_trials": "simulation", "power_analysis": "simulation",
-    "simulate_study": "simulation", "parse_bias": "simulation",
+    "simulate_export": "simulation", "simulate_trials": "simulation", "parse_bias": "simulation",
+    "power_analysis": "power", "simulate_study": "participants",
 }
 
 __all__ = sorted(_EXPORTS)

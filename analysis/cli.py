@@ -1,6 +1,6 @@
 """``advbias analyze``, ``advbias power``, ``advbias simulate`` and ``advbias simulate-export``.
 
-Only argparse is imported here; pandas, scipy and requests load inside the
+Only argparse is imported here; pandas and scipy load inside the
 handlers so that ``advbias --help`` stays fast.
 """
 from __future__ import annotations
@@ -64,20 +64,21 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _power(args: argparse.Namespace) -> int:
-    from .simulation import power_analysis
+    from .power import power_analysis
 
     participant_sd, image_sd, n_images = args.participant_sd, args.image_sd, args.images
     if args.pilot:
-        from .config import as_config
+        from .config import load_config
         from .data import load_export
         from .stats import apply_exclusions, mixed_model
 
+        config = load_config(args.config)
         df = load_export(args.pilot)
-        kept, _ = apply_exclusions(df, as_config(args.config))
+        kept, _ = apply_exclusions(df, config)
         main = kept[(kept["kind"] == "main") & (kept["condition"] == args.condition)]
         if main.empty:
             raise ValueError(f"the pilot export has no main trials of condition {args.condition!r} after exclusions")
-        table = mixed_model(main, as_config(args.config), models=("intercept",))
+        table = mixed_model(main, config, models=("intercept",))
         sds = table[table["effect"] == "ran_pars"].set_index("term")["estimate"]
         participant_sd = float(sds.get("sd(participant)", participant_sd))
         image_sd = float(sds.get("sd(source)", image_sd))
@@ -99,7 +100,8 @@ def _power(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import json
 
-    from .simulation import parse_bias, simulate_study
+    from .participants import simulate_study
+    from .simulation import parse_bias
 
     bias = parse_bias(args.bias)
     summary = simulate_study(
@@ -147,8 +149,8 @@ class _StoreImages(argparse.Action):
         namespace.images_given = True
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the analysis commands to the ``advbias`` root parser."""
+def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias analyze EXPORT --out DIR`."""
     analyze = subparsers.add_parser(
         "analyze", help="analyse a trial export: bias vs chance, tests, mixed model, figures, report",
         description="Analyse a trial export (CSV or Parquet, docs/export.md) and write report.html, report.md, "
@@ -159,6 +161,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=_analyze)
 
+
+def _add_power(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias power`."""
     power = subparsers.add_parser(
         "power", help="participants needed to detect a bias (simulation and analytic t-test)",
         description="Power analysis: simulate studies from the mixed model (participants and images as random "
@@ -191,6 +196,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     power.add_argument("--quiet", action="store_true", help="no progress bar")
     power.set_defaults(handler=_power, images_given=False)
 
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias simulate SLUG` (synthetic participants over HTTP)."""
     simulate = subparsers.add_parser(
         "simulate", help="synthetic participants take a study through the real HTTP API",
         description="Run synthetic participants through a served experiment (rehearsal, load and power checks). "
@@ -214,6 +222,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(handler=_simulate)
 
+
+def _add_simulate_export(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias simulate-export FILE`."""
     export = subparsers.add_parser(
         "simulate-export", help="write a synthetic trial export with a known truth (no server needed)",
         description="Write a trial export (docs/export.md) of simulated participants, e.g. to rehearse "
@@ -231,3 +242,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--inattentive", type=float, default=0.05, help="share answering at random (0.05)")
     export.add_argument("--seed", type=int, default=0, help="random seed (0)")
     export.set_defaults(handler=_simulate_export)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the analysis commands to the ``advbias`` root parser."""
+    for add in (_add_analyze, _add_power, _add_simulate, _add_simulate_export):
+        add(subparsers)

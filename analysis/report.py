@@ -309,7 +309,7 @@ def analyze(df: "pd.DataFrame", config: AnalysisConfig | Mapping[str, Any] | str
 
     from . import stats
 
-    config = as_config(config)
+    config = as_config(config)  # the one place a path or a dict becomes settings (run_analysis passes settings)
     steps = ["exclusions", "bias", "tests", "checks"] + (["mixed models"] if config.mixed_model else [])
     bar = tqdm(total=len(steps), desc="analysis", disable=not progress, unit="step")
     summary = stats.participant_summary(df, config.exclusions)

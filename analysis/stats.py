@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .config import AnalysisConfig, ExclusionRules, as_config
+from .config import AnalysisConfig, ExclusionRules
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -106,7 +106,7 @@ def participant_summary(df: "pd.DataFrame", rules: ExclusionRules | None = None)
 
 
 def apply_exclusions(
-    df: "pd.DataFrame", config: AnalysisConfig | ExclusionRules | dict | None = None
+    df: "pd.DataFrame", config: AnalysisConfig | ExclusionRules | None = None
 ) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """Apply the pre-stated exclusions; return ``(kept_trials, excluded_participants)``.
 
@@ -116,7 +116,7 @@ def apply_exclusions(
     reason (columns :data:`EXCLUSION_COLUMNS`). The number of trials dropped for
     RT alone is in ``kept_trials.attrs["rt_excluded_trials"]``.
     """
-    rules = config if isinstance(config, ExclusionRules) else as_config(config).exclusions
+    rules = config.exclusions if isinstance(config, AnalysisConfig) else (config or ExclusionRules())
     summary = participant_summary(df, rules)
     excluded = summary[summary["excluded"]]
     keep_ids = set(summary.loc[~summary["excluded"], "participant"])
@@ -398,7 +398,9 @@ def _fit_condition(main: "pd.DataFrame", condition: str, model: str, nagq: int, 
     summary = fit.summary(level)
     p_holm = _holm(np.array([r["p"] for r in summary])) if model == "eps" else [math.nan] * len(summary)
     for row, adjusted in zip(summary, p_holm):
+        penalized = fit.penalized.get(row["term"])
         rows.append({**base, "effect": "fixed", **row, "p_holm": adjusted,
+                     "note": f"penalised (Jeffreys prior): {penalized}" if penalized else None,
                      "odds_ratio": math.exp(row["estimate"]), "or_ci_low": math.exp(row["ci_low"]),
                      "or_ci_high": math.exp(row["ci_high"]),
                      "prob": 1 / (1 + math.exp(-row["estimate"])), "prob_ci_low": 1 / (1 + math.exp(-row["ci_low"])),
@@ -410,7 +412,10 @@ def _fit_condition(main: "pd.DataFrame", condition: str, model: str, nagq: int, 
             "deviance": fit.deviance, "aic": fit.deviance + 2 * (len(terms) + len(fit.sd)),
             "sd_participant": fit.sd.get("participant"), "sd_source": fit.sd.get("source"),
             "singular": any(v < 1e-4 for v in fit.sd.values()), "converged": fit.converged,
-            "nagq": fit.nagq, "evaluations": fit.evaluations}
+            "nagq": fit.nagq, "evaluations": fit.evaluations,
+            "note": ("penalised term(s) " + ", ".join(fit.penalized) + ": complete separation, estimated with a "
+                     "Jeffreys prior (half a success and half a failure) instead of maximum likelihood")
+            if fit.penalized else None}
     if model == "eps" and len(terms) > 1:
         # Wald test that every budget has the same log-odds (contrasts against the first).
         L = np.zeros((len(terms) - 1, len(terms)))

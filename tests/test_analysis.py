@@ -381,10 +381,10 @@ def test_power_simulation_agrees_with_the_analytic_t_test_when_images_are_fixed(
 
 def test_power_fast_path_matches_the_full_simulator() -> None:
     """The batch generator behind `advbias power` draws participant means like simulate_trials."""
-    from analysis.simulation import _batch_counts
+    from analysis.power import batch_counts
 
     beta = conditional_logit(0.56, math.hypot(0.5, 0.4))
-    successes, _ = _batch_counts(np.random.default_rng(0), 40, 200, 60, beta, 0.5, 0.4, 30)
+    successes, _ = batch_counts(np.random.default_rng(0), 40, 200, 60, beta, 0.5, 0.4, 30)
     fast = successes.sum(-1) / 60
     full = []
     for seed in range(40):
