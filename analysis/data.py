@@ -150,7 +150,10 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     frame["rt_ms"] = _to_number(frame, "rt_ms", path, integer=False, allow_missing=True)
     if (frame["eps"] < 0).any():
         raise ValueError(f"{path}: column 'eps' has negative budgets")
-    for column in ("presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz"):
+    # ``server_rt_ms`` (server-side time to each answer) is optional: older exports lack it.
+    for column in dict.fromkeys((*FLOAT_COLUMNS, "server_rt_ms")):
+        if column == "rt_ms":
+            continue
         if column in frame.columns:
             frame[column] = _to_number(frame, column, path, integer=False, allow_missing=True)
     for column in ("list", "seed"):

@@ -104,8 +104,10 @@ class _Problem:
     """Data and Hessian assembly for one fit."""
 
     def __init__(self, y: np.ndarray, n: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: list[int],
-                 penalized: Sequence[int] = ()):
+                 penalized: Sequence[int] = (), z: Sequence[np.ndarray | None] | None = None):
         self.y, self.n, self.X = y, n, X
+        # Each factor's covariate: ones for a random intercept, the variable for a random slope.
+        self.z = [np.ones(len(y)) if c is None else np.asarray(c, dtype=float) for c in (z or [None] * len(codes))]
         self.penalized = np.asarray(list(penalized), dtype=np.int64)
         self.codes, self.sizes = codes, sizes
         self.k = X.shape[1]
@@ -119,7 +121,7 @@ class _Problem:
     def eta(self, beta: np.ndarray, v: list[np.ndarray], sigma: np.ndarray) -> np.ndarray:
         out = self.X @ beta
         for f, code in enumerate(self.codes):
-            out = out + sigma[f] * v[f][code]
+            out = out + sigma[f] * self.z[f] * v[f][code]
         return out
 
     def loglik(self, eta: np.ndarray) -> float:
@@ -142,9 +144,9 @@ class _Problem:
         mu = special.expit(eta)
         w = self.n * mu * (1.0 - mu)
         r = self.y - self.n * mu
-        s0, c0, q0 = sigma[0], self.codes[0], self.sizes[0]
-        g0 = -s0 * np.bincount(c0, r, q0) + v[0]
-        A = s0 * s0 * np.bincount(c0, w, q0) + 1.0
+        s0, c0, q0, z0 = sigma[0], self.codes[0], self.sizes[0], self.z[0]
+        g0 = -s0 * np.bincount(c0, r * z0, q0) + v[0]
+        A = s0 * s0 * np.bincount(c0, w * z0 * z0, q0) + 1.0
         dense_sizes = list(self.sizes[1:]) + ([self.k] if with_beta else [])
         m = sum(dense_sizes)
         B = np.zeros((q0, m))
@@ -152,25 +154,26 @@ class _Problem:
         gD = np.zeros(m)
         offsets = np.concatenate([[0], np.cumsum(dense_sizes)]).astype(int)
         for j in range(1, len(self.codes)):
-            sj, cj, qj = sigma[j], self.codes[j], self.sizes[j]
+            sj, cj, qj, zj = sigma[j], self.codes[j], self.sizes[j], self.z[j]
+            wj = w * zj
             o = offsets[j - 1]
-            gD[o:o + qj] = -sj * np.bincount(cj, r, qj) + v[j]
-            B[:, o:o + qj] = s0 * sj * np.bincount(self.pair_index[j - 1], w, q0 * qj).reshape(q0, qj)
-            C[o:o + qj, o:o + qj] += np.diag(sj * sj * np.bincount(cj, w, qj) + 1.0)
+            gD[o:o + qj] = -sj * np.bincount(cj, r * zj, qj) + v[j]
+            B[:, o:o + qj] = s0 * sj * np.bincount(self.pair_index[j - 1], wj * z0, q0 * qj).reshape(q0, qj)
+            C[o:o + qj, o:o + qj] += np.diag(sj * sj * np.bincount(cj, wj * zj, qj) + 1.0)
             for l in range(j + 1, len(self.codes)):
                 ol, ql = offsets[l - 1], self.sizes[l]
-                block = sj * sigma[l] * np.bincount(self.cross_index[j][l], w, qj * ql).reshape(qj, ql)
+                block = sj * sigma[l] * np.bincount(self.cross_index[j][l], wj * self.z[l], qj * ql).reshape(qj, ql)
                 C[o:o + qj, ol:ol + ql] = block
                 C[ol:ol + ql, o:o + qj] = block.T
             if with_beta:
                 ob = offsets[-2]
-                cross = sj * np.stack([np.bincount(cj, w * self.X[:, c], qj) for c in range(self.k)], axis=1)
+                cross = sj * np.stack([np.bincount(cj, wj * self.X[:, c], qj) for c in range(self.k)], axis=1)
                 C[o:o + qj, ob:] = cross
                 C[ob:, o:o + qj] = cross.T
         if with_beta:
             ob = offsets[-2]
             gD[ob:] = -(self.X.T @ r)
-            B[:, ob:] = s0 * np.stack([np.bincount(c0, w * self.X[:, c], q0) for c in range(self.k)], axis=1)
+            B[:, ob:] = s0 * np.stack([np.bincount(c0, w * z0 * self.X[:, c], q0) for c in range(self.k)], axis=1)
             C[ob:, ob:] = (self.X * w[:, None]).T @ self.X
             if self.penalized.size and beta is not None:
                 mu_b = special.expit(beta[self.penalized])
@@ -249,14 +252,24 @@ def _pirls(problem: _Problem, sigma: np.ndarray, state: _State, with_beta: bool,
 
 
 def _encode(y: np.ndarray, n: np.ndarray, X: np.ndarray, groups: Mapping[str, np.ndarray],
-            penalized: Sequence[int]) -> tuple[_Problem, list[str]]:
-    """The problem with its grouping factors coded; the factor with most levels first (the diagonal block)."""
+            slopes: Mapping[str, np.ndarray], penalized: Sequence[int]) -> tuple[_Problem, list[str]]:
+    """The problem with its random terms coded; the term with most levels first (the diagonal block).
+
+    A random slope ``slopes[g] = x`` is the term ``sigma * x * v[level of g]``,
+    uncorrelated with ``g``'s intercept (lme4's ``(1 | g) + (0 + x | g)``).
+    """
     encoded = []
     for name, labels in groups.items():
         uniques, codes = np.unique(np.asarray(labels), return_inverse=True)
-        encoded.append((name, codes.astype(np.int64), len(uniques)))
+        encoded.append((name, codes.astype(np.int64), len(uniques), None))
+        if name in slopes:
+            encoded.append((f"{name}:slope", codes.astype(np.int64), len(uniques), np.asarray(slopes[name], float)))
+    unknown = set(slopes) - set(groups)
+    if unknown:
+        raise ValueError(f"a random slope needs its grouping factor: {', '.join(sorted(unknown))}")
     encoded.sort(key=lambda item: -item[2])
-    return _Problem(y, n, X, [e[1] for e in encoded], [e[2] for e in encoded], penalized), [e[0] for e in encoded]
+    problem = _Problem(y, n, X, [e[1] for e in encoded], [e[2] for e in encoded], penalized, [e[3] for e in encoded])
+    return problem, [e[0] for e in encoded]
 
 
 class _Fitter:
@@ -333,6 +346,7 @@ def fit_logistic_glmm(
     nagq: int = 1,
     start_sd: float = 0.3,
     separation: str = "penalize",
+    slopes: Mapping[str, np.ndarray] | None = None,
 ) -> GLMMResult:
     """Fit ``logit P(y) = X beta + random intercepts`` by maximum (Laplace) likelihood.
 
@@ -347,6 +361,9 @@ def fit_logistic_glmm(
     binomial proportion), so it has a finite, bias-reduced estimate and every other
     term keeps its likelihood; the penalised terms are listed in
     :attr:`GLMMResult.penalized`. ``separation="refuse"`` raises :class:`ValueError`.
+
+    ``slopes`` adds uncorrelated random slopes: ``{"participant": x}`` is lme4's
+    ``(0 + x | participant)``; its SD is reported as ``sd["participant:slope"]``.
     """
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
@@ -366,7 +383,7 @@ def fit_logistic_glmm(
     if separated and separation == "refuse":
         j, why = next(iter(separated.items()))
         raise ValueError(f"{why} for {terms[j]}, so its log-odds is infinite")
-    problem, names = _encode(y, n, X, groups, sorted(separated))
+    problem, names = _encode(y, n, X, groups, slopes or {}, sorted(separated))
     fitter = _Fitter(problem, start_sd)
     sigma, beta, deviance, converged = fitter.joint()
     if nagq == 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -19,8 +19,10 @@ from .simulation import check_probability, conditional_logit, logistic
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-#: The tests a simulated study can be analysed with.
+#: The tests a simulated study can be analysed with: the primary family's tests (one cell against chance),
+#: and the dose-response and a contrast between two trial types (:func:`design_power`).
 TESTS = ("ttest", "glmm")
+DESIGN_TESTS = ("trend", "contrast")
 
 
 @dataclass
@@ -42,12 +44,14 @@ class PowerResult:
     power_at_n: float
     false_positive_rate: float
     curve: "pd.DataFrame"
+    description: str = ""
 
     def summary(self) -> str:
         """A few lines for the terminal."""
-        lines = [
+        lines = [self.description] if self.description else [
             f"true bias {self.bias:g} (chance 0.5), {self.n_trials} main trials per participant, "
-            f"{self.n_images} images; participant SD {self.participant_sd:g}, image SD {self.image_sd:g} (log-odds)",
+            f"{self.n_images} images; participant SD {self.participant_sd:g}, image SD {self.image_sd:g} (log-odds)"]
+        lines += [
             f"effect size of participant means: d = {self.cohen_d:.3f}",
             f"analytic one-sample t-test (alpha {self.alpha:g}, power {self.target_power:g}): "
             f"{self.n_analytic if self.n_analytic is not None else 'n/a'} participants",
@@ -167,18 +171,22 @@ def _check(bias: float, n_trials: int, n_images: int, sims: int, alpha: float, p
 def _analytic(bias: float, beta: float, n_trials: int, participant_sd: float, image_sd: float, n_images: int,
               alpha: float, power: float, seed: int) -> tuple[float, int | None]:
     """Cohen's d of participant means under the model, and the t-test's analytic sample size."""
-    import pingouin as pg
-
     rng = np.random.default_rng([seed, 0])
     successes, _ = batch_counts(rng, 20, 2000, n_trials, beta, participant_sd, image_sd, n_images)
     means = successes.sum(axis=-1) / n_trials
     cohen_d = float((bias - 0.5) / np.sqrt(np.mean(means.var(axis=-1, ddof=1))))
+    return cohen_d, _analytic_n(cohen_d, alpha, power)
+
+
+def _analytic_n(cohen_d: float, alpha: float, power: float) -> int | None:
+    """The one-sample t-test's sample size for effect size ``d`` (pingouin), or None."""
+    import pingouin as pg
+
     try:
         n_float = pg.power_ttest(d=abs(cohen_d), power=power, alpha=alpha, contrast="one-sample")
-        n_analytic = int(math.ceil(n_float)) if n_float is not None and np.isfinite(n_float) else None
     except (ValueError, RuntimeError):
-        n_analytic = None
-    return cohen_d, n_analytic
+        return None
+    return int(math.ceil(n_float)) if n_float is not None and np.isfinite(n_float) else None
 
 
 def power_analysis(
@@ -234,4 +242,111 @@ def power_analysis(
         image_sd=image_sd, n_images=n_images, sims=sims, test=test, cohen_d=cohen_d, n_analytic=n_analytic,
         n_simulation=hi, power_at_n=evaluated.get(hi, math.nan) if hi is not None else math.nan,
         false_positive_rate=false_positive, curve=curve,
+    )
+
+
+# --------------------------------------------------------------------------- the trend and a contrast
+def cell_means(rng: np.random.Generator, sims: int, n: int, n_trials: int, betas: list[float],
+               participant_sd: float, image_sd: float, n_images: int) -> np.ndarray:
+    """Participant means per cell, ``(sims, n, cells)``: ``n_trials`` per cell, the same people and images."""
+    u = rng.normal(0.0, participant_sd, (sims, n, 1)) if participant_sd > 0 else np.zeros((sims, n, 1))
+    w = rng.normal(0.0, image_sd, (sims, 1, n_images)) if image_sd > 0 else np.zeros((sims, 1, n_images))
+    out = []
+    for beta in betas:
+        offset = rng.integers(0, n_images, (sims, n, 1))
+        counts = n_trials // n_images + ((np.arange(n_images)[None, None, :] - offset) % n_images < n_trials % n_images)
+        out.append(rng.binomial(counts, logistic(beta + u + w)).sum(axis=-1) / n_trials)
+    return np.stack(out, axis=-1)
+
+
+def _statistic(test: str, means: np.ndarray, eps: list[int]) -> np.ndarray:
+    """Per participant: the least-squares slope of the cell means on log2(eps), or the difference of two cells."""
+    if test == "trend":
+        x = np.log2(np.asarray(eps, dtype=float))
+        x = x - x.mean()
+        return means @ x / float(x @ x)
+    return means[..., 0] - means[..., 1]
+
+
+def design_power(
+    test: str,
+    biases: dict[Any, float],
+    n_trials: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    *,
+    participant_sd: float = 0.3,
+    image_sd: float = 0.3,
+    n_images: int = 50,
+    sims: int = 1000,
+    seed: int = 0,
+    max_participants: int = 5000,
+    progress: bool = False,
+) -> PowerResult:
+    """Participants needed for the dose-response (``trend``) or a contrast between two trial types.
+
+    ``trend``: ``biases`` maps each budget to its population-average bias, ``n_trials``
+    main trials per budget; each simulated study is tested by a one-sample t-test of
+    the participants' least-squares slopes of their cell means on log2(eps) (a
+    two-stage, summary-statistics test of the dose-response). ``contrast``: ``biases``
+    maps the trial type and its baseline (in that order) to their biases, ``n_trials``
+    per trial type, tested by the paired t-test of ``contrasts.csv``. Both cells
+    share the people and the images, as in the experiment.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if test not in DESIGN_TESTS:
+        raise ValueError(f"unknown test {test!r}: use trend or contrast")
+    keys = list(biases)
+    if (test == "trend" and len(keys) < 2) or (test == "contrast" and len(keys) != 2):
+        raise ValueError("--test trend needs a bias per budget (2:0.52,16:0.6); --test contrast needs --bias and "
+                         "--baseline-bias")
+    for value in biases.values():
+        check_probability(value)
+    if len(set(biases.values())) == 1:
+        raise ValueError("every cell has the same bias: no effect, power is alpha at every sample size")
+    _check(0.6, n_trials, n_images, sims, alpha, power, "ttest")
+    total_sd = math.hypot(participant_sd, image_sd)
+    betas = [conditional_logit(biases[k], total_sd) for k in keys]
+    args = (n_trials, participant_sd, image_sd, n_images)
+    big = _statistic(test, cell_means(np.random.default_rng([seed, 0]), 20, 2000, n_trials, betas, *args[1:]), keys)
+    cohen_d = float(big.mean() / np.sqrt(np.mean(big.var(axis=-1, ddof=1))))
+    n_analytic = _analytic_n(cohen_d, alpha, power)
+
+    def rate_for(rng: np.random.Generator, n: int, cells: list[float]) -> float:
+        rejected = done = 0
+        chunk = max(1, min(sims, int(2e7 // max(1, n * n_images * len(cells)))))
+        while done < sims:
+            b = min(chunk, sims - done)
+            stat = _statistic(test, cell_means(rng, b, n, n_trials, cells, *args[1:]), keys)
+            rejected += int(np.sum(ttest_p(stat, 0.0) < alpha))
+            done += b
+        return rejected / sims
+
+    evaluated: dict[int, float] = {}
+    bar = tqdm(desc="power", unit="size", disable=not progress)
+
+    def rate(n: int) -> float:
+        if n not in evaluated:
+            evaluated[n] = rate_for(np.random.default_rng([seed, n]), n, betas)
+            bar.update()
+        return evaluated[n]
+
+    hi = smallest_n(rate, power, min(max(3, n_analytic or 10), max_participants), max_participants)
+    bar.close()
+    null = [float(np.mean(betas))] * len(betas)
+    false_positive = rate_for(np.random.default_rng([seed, hi, 1]), hi, null) if hi is not None else math.nan
+    curve = pd.DataFrame(sorted(evaluated.items()), columns=["n_participants", "power"])
+    curve["mc_se"] = np.sqrt(curve["power"] * (1 - curve["power"]) / sims)
+    what = ("dose-response: slope of participant cell means on log2(eps)" if test == "trend" else
+            f"contrast {keys[0]} minus {keys[1]}: paired differences of participant means")
+    description = (f"{what}; true biases " + ", ".join(f"{k}: {v:g}" for k, v in biases.items())
+                   + f"; {n_trials} main trials per cell, {n_images} images; participant SD {participant_sd:g}, "
+                   f"image SD {image_sd:g} (log-odds)")
+    return PowerResult(
+        bias=float("nan"), n_trials=n_trials, alpha=alpha, target_power=power, participant_sd=participant_sd,
+        image_sd=image_sd, n_images=n_images, sims=sims, test=test, cohen_d=cohen_d, n_analytic=n_analytic,
+        n_simulation=hi, power_at_n=evaluated.get(hi, math.nan) if hi is not None else math.nan,
+        false_positive_rate=false_positive, curve=curve, description=description,
     )
