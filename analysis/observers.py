@@ -44,7 +44,8 @@ def read_observers(path: str | Path) -> "pd.DataFrame":
     for column in ("eps", "n_judgments", "bias", "ci_low", "ci_high"):
         values = pd.to_numeric(frame[column], errors="coerce")
         if values.isna().any():
-            raise ValueError(f"{path}: column '{column}' must be numeric, found {frame.loc[values.isna(), column].iloc[0]!r}")
+            first = frame.loc[values.isna(), column].iloc[0]
+            raise ValueError(f"{path}: column '{column}' must be numeric, found {first!r}")
         frame[column] = values
     if ((frame["bias"] < 0) | (frame["bias"] > 1)).any():
         raise ValueError(f"{path}: column 'bias' must lie between 0 and 1")

@@ -339,14 +339,20 @@ def design_power(
     false_positive = rate_for(np.random.default_rng([seed, hi, 1]), hi, null) if hi is not None else math.nan
     curve = pd.DataFrame(sorted(evaluated.items()), columns=["n_participants", "power"])
     curve["mc_se"] = np.sqrt(curve["power"] * (1 - curve["power"]) / sims)
-    what = ("dose-response: slope of participant cell means on log2(eps)" if test == "trend" else
-            f"contrast {keys[0]} minus {keys[1]}: paired differences of participant means")
-    description = (f"{what}; true biases " + ", ".join(f"{k}: {v:g}" for k, v in biases.items())
-                   + f"; {n_trials} main trials per cell, {n_images} images; participant SD {participant_sd:g}, "
-                   f"image SD {image_sd:g} (log-odds)")
     return PowerResult(
         bias=float("nan"), n_trials=n_trials, alpha=alpha, target_power=power, participant_sd=participant_sd,
         image_sd=image_sd, n_images=n_images, sims=sims, test=test, cohen_d=cohen_d, n_analytic=n_analytic,
         n_simulation=hi, power_at_n=evaluated.get(hi, math.nan) if hi is not None else math.nan,
-        false_positive_rate=false_positive, curve=curve, description=description,
+        false_positive_rate=false_positive, curve=curve,
+        description=_describe(test, biases, n_trials, n_images, participant_sd, image_sd),
     )
+
+
+def _describe(test: str, biases: dict[Any, float], n_trials: int, n_images: int, participant_sd: float,
+              image_sd: float) -> str:
+    keys = list(biases)
+    what = ("dose-response: slope of participant cell means on log2(eps)" if test == "trend" else
+            f"contrast {keys[0]} minus {keys[1]}: paired differences of participant means")
+    return (f"{what}; true biases " + ", ".join(f"{k}: {v:g}" for k, v in biases.items())
+            + f"; {n_trials} main trials per cell, {n_images} images; participant SD {participant_sd:g}, "
+            f"image SD {image_sd:g} (log-odds)")

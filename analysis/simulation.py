@@ -368,8 +368,12 @@ def _timing_columns(sim: SimulatedTrials) -> dict[str, Any]:
         start = stop
     base = pd.Timestamp("2024-01-01T09:00:00Z") + pd.to_timedelta(p * 3600.0, unit="s")
     received = (base + pd.to_timedelta((onset + sim.rt_ms) / 1000.0, unit="s")).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # An honest browser's answer reaches the server after the RT, the inter-trial gap and some network time
+    # (taken when the export contract carries ``server_rt_ms``; columns it does not list are dropped).
+    server_rt = np.round(gaps + 20.0 + 5.0 * (sim.trial_index % 7), 1)
     return {"rt_ms": np.round(sim.rt_ms, 1), "presentation_ms": np.nan, "onset_frame_ms": np.round(onset, 3),
-            "offset_frame_ms": np.nan, "refresh_hz": 60.0, "server_received_at": np.asarray(received, dtype=object)}
+            "offset_frame_ms": np.nan, "refresh_hz": 60.0, "server_received_at": np.asarray(received, dtype=object),
+            "server_rt_ms": server_rt}
 
 
 def simulate_export(

@@ -59,7 +59,8 @@ def _stimuli(set_info: Mapping[str, Any] | None) -> str:
     holdout = [m.get("name", "?") for m in set_info.get("holdout_models", [])] or par.get("holdout", [])
     text = (f"Stimuli: {counts.get('sources', '?')} photographs ({par.get('size', '?')} x {par.get('size', '?')} px) "
             f"were perturbed toward each category of the pair(s) {_join(pairs) if pairs else '?'} by targeted "
-            f"L-infinity projected gradient descent ({par.get('steps', '?')} steps, {attack.get('loss', '?')} loss, "
+            f"L-infinity projected gradient descent ({par.get('steps', '?')} step{'' if par.get('steps') == 1 else 's'}, "
+            f"{attack.get('loss', '?')} loss, "
             f"momentum {attack.get('momentum', 0)}, input diversity {attack.get('input_diversity', 0)}) on an "
             f"ensemble of {_join(models) if models else '?'}, at budgets eps = "
             f"{_join([f'{e}/255' for e in par.get('eps', [])]) or '?'}")
