@@ -9,6 +9,7 @@ spirit of pingouin) and mirror the command line::
     analysis.perceptual_bias(kept)                      # condition x eps means, t and bootstrap CIs
     analysis.ttests(kept)                               # t, dof, p, p_holm, cohen_d, bf10, Wilcoxon
     analysis.mixed_model(kept)                          # logistic GLMM, crossed random intercepts
+    analysis.contrasts(kept); analysis.trend(kept)      # between trial types; per doubling of the budget
     analysis.run_analysis("export.csv", "out/")         # everything, with report.html
 
 Attributes are loaded on first use so that ``import analysis.cli`` (for
@@ -28,8 +29,12 @@ _EXPORTS = {
     "participant_rt": "stats", "catch_accuracy": "stats", "one_sample_tests": "stats",
     "fit_logistic_glmm": "glmm", "GLMMResult": "glmm",
     "analyze": "report", "run_analysis": "report",
-    "simulate_export": "simulation", "simulate_trials": "simulation", "power_analysis": "simulation",
-    "simulate_study": "simulation", "parse_bias": "simulation",
+    "contrasts": "effects", "trend": "effects", "cohen_d_ci": "effects",
+    "bias_by_image": "items", "bias_by_category": "items", "bias_by_half": "items",
+    "primary_analysis": "primary", "design_power": "power", "read_observers": "observers",
+    "human_vs_machine": "observers",
+    "simulate_export": "simulation", "simulate_trials": "simulation", "parse_bias": "simulation",
+    "power_analysis": "power", "simulate_study": "participants",
 }
 
 __all__ = sorted(_EXPORTS)

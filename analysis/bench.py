@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from analysis import stats
+    from analysis import effects, stats
     from analysis.config import AnalysisConfig
     from analysis.data import load_export
     from analysis.report import run_analysis
@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("bias_by_eps (means, t + bootstrap CIs, t-tests, Wilcoxon, Holm)", seconds))
         seconds, _ = _timed(lambda: stats.mixed_model(kept, config, fits=True), args.repeat)
         rows.append((f"mixed_model ({2 * len(conditions)} Laplace GLMM fits)", seconds))
+        pairs = len(conditions) * (len(conditions) - 1) // 2
+        seconds, _ = _timed(lambda: effects.contrasts(kept, config), args.repeat)
+        rows.append((f"contrasts ({pairs} pair(s): paired t and one cell-means GLMM each)", seconds))
+        seconds, _ = _timed(lambda: effects.trend(kept, config), args.repeat)
+        rows.append((f"trend ({len(conditions)} GLMM fit(s) with log2(eps))", seconds))
         seconds, _ = _timed(lambda: run_analysis(csv_path, Path(folder) / "out", config), args.repeat)
         rows.append(("run_analysis: CSV in, every table, figure and report out", seconds))
         command = [sys.executable, "-m", "advbias", "analyze", str(csv_path), "--out",

@@ -1,6 +1,6 @@
 """``advbias analyze``, ``advbias power``, ``advbias simulate`` and ``advbias simulate-export``.
 
-Only argparse is imported here; pandas, scipy and requests load inside the
+Only argparse is imported here; pandas and scipy load inside the
 handlers so that ``advbias --help`` stays fast.
 """
 from __future__ import annotations
@@ -18,6 +18,17 @@ def _probability(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
     return value
+
+
+def _bias_text(text: str) -> str:
+    """A bias as the command line gives it; checked here so a bad value is argparse's one-line error."""
+    from .simulation import parse_bias
+
+    try:
+        parse_bias(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("--bias must be", "must be")) from None
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -53,42 +64,63 @@ def _eps_list(text: str) -> tuple[int, ...]:
 def _analyze(args: argparse.Namespace) -> int:
     from .report import run_analysis
 
-    tables = run_analysis(args.export, args.out, args.config, progress=not args.quiet)
+    tables = run_analysis(args.export, args.out, args.config, progress=not args.quiet, set_path=args.set,
+                          observers=args.observers)
     out = Path(args.out)
-    by_condition = tables["bias_by_condition"]
-    for row in by_condition.itertuples(index=False):
+    for row in tables["primary"].itertuples(index=False):
+        print(f"primary ({row.test}, {row.alternative}) {row.condition}: bias {row.bias:.3f} "
+              f"[{row.bias_ci_low:.3f}, {row.bias_ci_high:.3f}], p = {row.p:.3g}, Holm p = {row.p_holm:.3g}")
+    for row in tables["bias_by_condition"].itertuples(index=False):
         print(f"{row.condition}: bias {row.bias:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}], "
               f"t({row.dof:g}) = {row.t:.2f}, p = {row.p:.3g}, n = {row.n_participants}")
     print(f"report: {out / 'report.html'}")
     return 0
 
 
+def _pilot_sds(args: argparse.Namespace) -> tuple[float, float, int]:
+    """Participant and image SDs (and the image count) from a pilot export's mixed model."""
+    from .config import load_config
+    from .data import load_export
+    from .stats import apply_exclusions, mixed_model
+
+    config = load_config(args.config)
+    kept, _ = apply_exclusions(load_export(args.pilot), config)
+    main = kept[(kept["kind"] == "main") & (kept["condition"] == args.condition)]
+    if main.empty:
+        raise ValueError(f"the pilot export has no main trials of condition {args.condition!r} after exclusions")
+    table = mixed_model(main, config, models=("intercept",))
+    sds = table[table["effect"] == "ran_pars"].set_index("term")["estimate"]
+    participant_sd = float(sds.get("sd(participant)", args.participant_sd))
+    image_sd = float(sds.get("sd(source)", args.image_sd))
+    n_images = args.images if args.images_given else int(main["source"].nunique())
+    print(f"from the pilot ({args.condition}): participant SD {participant_sd:.3f}, image SD {image_sd:.3f}, "
+          f"{n_images} images", file=sys.stderr)
+    return participant_sd, image_sd, n_images
+
+
 def _power(args: argparse.Namespace) -> int:
-    from .simulation import power_analysis
+    from .power import design_power, power_analysis
+    from .simulation import parse_bias
 
     participant_sd, image_sd, n_images = args.participant_sd, args.image_sd, args.images
     if args.pilot:
-        from .config import as_config
-        from .data import load_export
-        from .stats import apply_exclusions, mixed_model
-
-        df = load_export(args.pilot)
-        kept, _ = apply_exclusions(df, as_config(args.config))
-        main = kept[(kept["kind"] == "main") & (kept["condition"] == args.condition)]
-        if main.empty:
-            raise ValueError(f"the pilot export has no main trials of condition {args.condition!r} after exclusions")
-        table = mixed_model(main, as_config(args.config), models=("intercept",))
-        sds = table[table["effect"] == "ran_pars"].set_index("term")["estimate"]
-        participant_sd = float(sds.get("sd(participant)", participant_sd))
-        image_sd = float(sds.get("sd(source)", image_sd))
-        n_images = args.images if args.images_given else int(main["source"].nunique())
-        print(f"from the pilot ({args.condition}): participant SD {participant_sd:.3f}, image SD {image_sd:.3f}, "
-              f"{n_images} images", file=sys.stderr)
-    result = power_analysis(
-        args.bias, args.trials, args.alpha, args.power, participant_sd=participant_sd, image_sd=image_sd,
-        n_images=n_images, sims=args.sims, seed=args.seed, test=args.test,
-        max_participants=args.max_participants, progress=not args.quiet,
-    )
+        participant_sd, image_sd, n_images = _pilot_sds(args)
+    common = dict(participant_sd=participant_sd, image_sd=image_sd, n_images=n_images, sims=args.sims,
+                  seed=args.seed, max_participants=args.max_participants, progress=not args.quiet)
+    bias = parse_bias(args.bias)
+    if args.test == "trend":
+        if not isinstance(bias, dict):
+            raise ValueError("--test trend needs a bias per budget, e.g. --bias 2:0.52,4:0.55,8:0.58,16:0.62")
+        result = design_power("trend", bias, args.trials, args.alpha, args.power, **common)
+    elif isinstance(bias, dict):
+        raise ValueError(f"--test {args.test} takes one bias, e.g. --bias 0.55 (a bias per budget is for --test trend)")
+    elif args.test == "contrast":
+        if args.baseline_bias is None:
+            raise ValueError("--test contrast needs --baseline-bias (the control trial type's bias)")
+        result = design_power("contrast", {"condition": bias, "baseline": args.baseline_bias}, args.trials,
+                              args.alpha, args.power, **common)
+    else:
+        result = power_analysis(bias, args.trials, args.alpha, args.power, test=args.test, **common)
     print(result.summary())
     if args.curve:
         result.curve.to_csv(args.curve, index=False)
@@ -99,7 +131,8 @@ def _power(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import json
 
-    from .simulation import parse_bias, simulate_study
+    from .participants import simulate_study
+    from .simulation import parse_bias
 
     bias = parse_bias(args.bias)
     summary = simulate_study(
@@ -147,8 +180,8 @@ class _StoreImages(argparse.Action):
         namespace.images_given = True
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the analysis commands to the ``advbias`` root parser."""
+def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias analyze EXPORT --out DIR`."""
     analyze = subparsers.add_parser(
         "analyze", help="analyse a trial export: bias vs chance, tests, mixed model, figures, report",
         description="Analyse a trial export (CSV or Parquet, docs/export.md) and write report.html, report.md, "
@@ -156,18 +189,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("export", help="the export file written by `advbias export` (CSV or Parquet)")
     analyze.add_argument("--out", required=True, help="output folder (created if missing)")
     analyze.add_argument("--config", help="analysis.toml with [analysis] and [exclusions] settings")
+    analyze.add_argument("--set", help="the stimulus set (folder or its set.json): its parameters go into the "
+                                       "generated Methods paragraph")
+    analyze.add_argument("--observers", help="a stimulus set's observers.csv (or the set's folder): machine observers "
+                                             "drawn beside the people, and a human-vs-machine table")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=_analyze)
 
+
+def _add_power(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias power`."""
     power = subparsers.add_parser(
         "power", help="participants needed to detect a bias (simulation and analytic t-test)",
         description="Power analysis: simulate studies from the mixed model (participants and images as random "
                     "intercepts) and analyse each as `advbias analyze` does; the analytic one-sample t-test "
                     "answer is shown beside it.")
-    power.add_argument("--bias", type=_probability, required=True,
-                       help="the true population-average bias to detect, e.g. 0.53")
+    power.add_argument("--bias", type=_bias_text, required=True,
+                       help="the true population-average bias to detect, e.g. 0.53; with --test trend one per "
+                            "budget, e.g. 2:0.52,4:0.55,8:0.58,16:0.62")
+    power.add_argument("--baseline-bias", type=_probability,
+                       help="--test contrast: the bias of the trial type compared against (e.g. vs_noise's)")
     power.add_argument("--trials", type=_positive_int, required=True,
-                       help="main trials per participant in the tested cell (condition x budget)")
+                       help="main trials per participant in the tested cell (condition x budget; --test trend: "
+                            "per budget; --test contrast: per trial type)")
     power.add_argument("--alpha", type=_probability, default=0.05, help="two-sided significance level (0.05)")
     power.add_argument("--power", type=_probability, default=0.8, help="target power (0.8)")
     power.add_argument("--sims", type=_positive_int, default=1000, help="simulated studies per sample size (1000)")
@@ -178,9 +222,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="SD of image random intercepts, log-odds (0.3)")
     power.add_argument("--images", type=_positive_int, default=50, action=_StoreImages,
                        help="number of source images in the study (50)")
-    power.add_argument("--test", choices=("ttest", "glmm"), default="ttest",
+    power.add_argument("--test", choices=("ttest", "glmm", "trend", "contrast"), default="ttest",
                        help="the test each simulated study is analysed with: t-test of participant means "
-                            "(default) or the mixed model's intercept (generalises over images; slow)")
+                            "(default), the mixed model's intercept (the default primary test; generalises over "
+                            "images; slow), the dose-response over budgets, or a paired contrast of two trial types")
     power.add_argument("--pilot", help="a pilot export: take participant/image SDs and image count from its "
                                        "mixed model instead of --participant-sd/--image-sd/--images")
     power.add_argument("--condition", default="targets", help="the pilot condition to use (targets)")
@@ -191,6 +236,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     power.add_argument("--quiet", action="store_true", help="no progress bar")
     power.set_defaults(handler=_power, images_given=False)
 
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias simulate SLUG` (synthetic participants over HTTP)."""
     simulate = subparsers.add_parser(
         "simulate", help="synthetic participants take a study through the real HTTP API",
         description="Run synthetic participants through a served experiment (rehearsal, load and power checks). "
@@ -214,6 +262,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.set_defaults(handler=_simulate)
 
+
+def _add_simulate_export(subparsers: argparse._SubParsersAction) -> None:
+    """`advbias simulate-export FILE`."""
     export = subparsers.add_parser(
         "simulate-export", help="write a synthetic trial export with a known truth (no server needed)",
         description="Write a trial export (docs/export.md) of simulated participants, e.g. to rehearse "
@@ -231,3 +282,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--inattentive", type=float, default=0.05, help="share answering at random (0.05)")
     export.add_argument("--seed", type=int, default=0, help="random seed (0)")
     export.set_defaults(handler=_simulate_export)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the analysis commands to the ``advbias`` root parser."""
+    for add in (_add_analyze, _add_power, _add_simulate, _add_simulate_export):
+        add(subparsers)

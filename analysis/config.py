@@ -12,6 +12,9 @@ below); an unknown key is an error, so a typo cannot silently disable a rule::
     seed = 0              # bootstrap seed
     mixed_model = true    # fit the logistic mixed models
     nagq = 1              # 1: Laplace (as lme4's default); 0: faster joint-mode fit
+    primary = "mixed_model"       # the declared primary test: "mixed_model" (GLMM intercept) or "ttest"
+    alternative = "two-sided"     # or "greater": one-sided primary test (bias above chance)
+    random_slope = false  # trend model: add an uncorrelated random slope of log2(eps) by participant
 
     [exclusions]
     min_catch_accuracy = 0.75           # exclude participants below (0 disables)
@@ -21,6 +24,9 @@ below); an unknown key is an error, so a typo cannot silently disable a rule::
     require_completed = true            # exclude participants who did not finish
     max_not_fullscreen_fraction = 0.10  # exclude participants outside fullscreen more often (1 disables)
     max_blurred_fraction = 0.10         # exclude participants who blurred the window more often (1 disables)
+    min_median_server_rt_ms = 300       # exclude participants whose answers reach the server faster (0 disables)
+    max_rt_over_server_fraction = 0.10  # exclude participants claiming more RT than the server saw (1 disables)
+    server_rt_slack_ms = 100            # how much longer rt_ms may be than server_rt_ms before it is implausible
 """
 from __future__ import annotations
 
@@ -29,6 +35,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+
+#: The declared primary test: the mixed model's intercept (generalises over participants and images) or the
+#: one-sample t-test of participant means (generalises over participants only).
+PRIMARY_TESTS = ("mixed_model", "ttest")
+ALTERNATIVES = ("two-sided", "greater")
 
 
 @dataclass(frozen=True)
@@ -42,13 +54,17 @@ class ExclusionRules:
     require_completed: bool = True
     max_not_fullscreen_fraction: float = 0.10
     max_blurred_fraction: float = 0.10
+    min_median_server_rt_ms: float = 300.0
+    max_rt_over_server_fraction: float = 0.10
+    server_rt_slack_ms: float = 100.0
 
     def __post_init__(self) -> None:
-        for name in ("min_catch_accuracy", "max_fast_fraction", "max_not_fullscreen_fraction", "max_blurred_fraction"):
+        for name in ("min_catch_accuracy", "max_fast_fraction", "max_not_fullscreen_fraction", "max_blurred_fraction",
+                     "max_rt_over_server_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"exclusions.{name} must be between 0 and 1, got {value}")
-        for name in ("min_rt_ms", "max_rt_ms"):
+        for name in ("min_rt_ms", "max_rt_ms", "min_median_server_rt_ms", "server_rt_slack_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"exclusions.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_rt_ms and self.max_rt_ms <= self.min_rt_ms:
@@ -66,6 +82,9 @@ class AnalysisConfig:
     seed: int = 0
     mixed_model: bool = True
     nagq: int = 1
+    primary: str = "mixed_model"
+    alternative: str = "two-sided"
+    random_slope: bool = False
     exclusions: ExclusionRules = field(default_factory=ExclusionRules)
 
     def __post_init__(self) -> None:
@@ -79,6 +98,10 @@ class AnalysisConfig:
             raise ValueError(f"analysis.n_boot must be >= 0, got {self.n_boot}")
         if self.nagq not in (0, 1):
             raise ValueError(f"analysis.nagq must be 0 or 1, got {self.nagq}")
+        if self.primary not in PRIMARY_TESTS:
+            raise ValueError(f"analysis.primary must be one of {', '.join(PRIMARY_TESTS)}, got {self.primary!r}")
+        if self.alternative not in ALTERNATIVES:
+            raise ValueError(f"analysis.alternative must be one of {', '.join(ALTERNATIVES)}, got {self.alternative!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as nested plain values (written into the report)."""
@@ -95,6 +118,9 @@ def _typed(section: str, cls: type, values: Mapping[str, Any]) -> dict[str, Any]
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"[{section}] {key} must be true or false, got {value!r}")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ValueError(f"[{section}] {key} must be a quoted string, got {value!r}")
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"[{section}] {key} must be a whole number, got {value!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from advbias.export import COLUMNS, KINDS, REQUIRED_COLUMNS, SIDES, STATUSES, TRIAL_TYPES
+from advbias.export import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, KINDS, REQUIRED_COLUMNS, SIDES, STATUSES, TRIAL_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -18,15 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPORT_COLUMNS = COLUMNS
 CONDITIONS = TRIAL_TYPES
 
-#: Columns that hold identifiers or labels: always read as text so that an id
-#: such as ``0012`` or ``1e5`` keeps its exact spelling.
-_TEXT_COLUMNS = (
-    "experiment", "participant", "prolific_pid", "study_id", "session_id",
-    "participant_status", "kind", "condition", "question", "question_target",
-    "source", "pair_key", "left_stimulus_id", "right_stimulus_id", "left_target",
-    "right_target", "left_condition", "right_condition", "target_side", "response",
-    "chosen_target", "response_source", "server_received_at",
-)
+#: Columns that hold identifiers or labels (every column the owner types neither as integer nor float):
+#: always read as text so that an id such as ``0012`` or ``1e5`` keeps its exact spelling.
+_TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS and c not in FLOAT_COLUMNS)
 _TRUE = {"1", "1.0", "true", "True", "TRUE"}
 _FALSE = {"0", "0.0", "false", "False", "FALSE"}
 
@@ -156,7 +150,10 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     frame["rt_ms"] = _to_number(frame, "rt_ms", path, integer=False, allow_missing=True)
     if (frame["eps"] < 0).any():
         raise ValueError(f"{path}: column 'eps' has negative budgets")
-    for column in ("presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz"):
+    # ``server_rt_ms`` (server-side time to each answer) is optional: older exports lack it.
+    for column in dict.fromkeys((*FLOAT_COLUMNS, "server_rt_ms")):
+        if column == "rt_ms":
+            continue
         if column in frame.columns:
             frame[column] = _to_number(frame, column, path, integer=False, allow_missing=True)
     for column in ("list", "seed"):

@@ -29,9 +29,10 @@ complement; only the remaining levels and ``beta`` form a dense matrix.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import linalg, optimize, special, stats
@@ -52,6 +53,8 @@ class GLMMResult:
     nagq: int
     evaluations: int
     random_effects: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    #: Terms fitted with a Jeffreys prior because of complete separation: term -> why.
+    penalized: dict[str, str] = field(default_factory=dict)
 
     @property
     def std_err(self) -> np.ndarray:
@@ -71,12 +74,16 @@ class GLMMResult:
         return rows
 
 
-def _check_separation(y: np.ndarray, n: np.ndarray, X: np.ndarray, terms: Sequence[str]) -> None:
-    """Refuse designs whose log-odds are infinite: an indicator column whose rows are all successes or failures.
+def separated_terms(y: np.ndarray, n: np.ndarray, X: np.ndarray) -> dict[int, str]:
+    """Columns whose log-odds are infinite: an indicator column whose rows are all successes or all failures.
 
-    (The maximum likelihood estimate does not exist then; any finite number
-    reported would be an artefact of when the optimiser stopped.)
+    (The maximum likelihood estimate of such a term does not exist; any finite number
+    reported would be an artefact of when the optimiser stopped.) Returns
+    ``{column: description}``. Only a column that alone determines its rows' fixed
+    part is checked (cell-means or intercept designs), which is how the analysis
+    codes budgets.
     """
+    found: dict[int, str] = {}
     for j in range(X.shape[1]):
         column = X[:, j]
         if not np.all((column == 0) | (column == 1)):
@@ -84,21 +91,25 @@ def _check_separation(y: np.ndarray, n: np.ndarray, X: np.ndarray, terms: Sequen
         rows = column == 1
         if not rows.any():
             continue
-        # Only a column that alone determines these rows' fixed part (cell-means or intercept designs).
         others = np.delete(X[rows], j, axis=1)
         if others.size and np.any(others != 0):
             continue
         successes, trials = float(y[rows].sum()), float(n[rows].sum())
         if successes == 0 or successes == trials:
-            raise ValueError(f"complete separation: every one of the {int(trials)} answers for {terms[j]} is "
-                             f"{'a success' if successes else 'a failure'}, so its log-odds is infinite")
+            found[j] = (f"complete separation: every one of the {int(trials)} answers is "
+                        f"{'a success' if successes else 'a failure'}")
+    return found
 
 
 class _Problem:
     """Data and Hessian assembly for one fit."""
 
-    def __init__(self, y: np.ndarray, n: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: list[int]):
+    def __init__(self, y: np.ndarray, n: np.ndarray, X: np.ndarray, codes: list[np.ndarray], sizes: list[int],
+                 penalized: Sequence[int] = (), z: Sequence[np.ndarray | None] | None = None):
         self.y, self.n, self.X = y, n, X
+        # Each factor's covariate: ones for a random intercept, the variable for a random slope.
+        self.z = [np.ones(len(y)) if c is None else np.asarray(c, dtype=float) for c in (z or [None] * len(codes))]
+        self.penalized = np.asarray(list(penalized), dtype=np.int64)
         self.codes, self.sizes = codes, sizes
         self.k = X.shape[1]
         self.q = sum(sizes)
@@ -111,14 +122,20 @@ class _Problem:
     def eta(self, beta: np.ndarray, v: list[np.ndarray], sigma: np.ndarray) -> np.ndarray:
         out = self.X @ beta
         for f, code in enumerate(self.codes):
-            out = out + sigma[f] * v[f][code]
+            out = out + sigma[f] * self.z[f] * v[f][code]
         return out
 
     def loglik(self, eta: np.ndarray) -> float:
         # y*eta - n*log(1+exp(eta)), computed stably.
         return float(np.sum(self.y * eta - self.n * np.logaddexp(0.0, eta)))
 
-    def blocks(self, eta: np.ndarray, v: list[np.ndarray], sigma: np.ndarray, with_beta: bool):
+    def prior(self, beta: np.ndarray) -> float:
+        """Log of the Jeffreys prior on each penalised term: half a success and half a failure (log-F(1, 1))."""
+        b = beta[self.penalized]
+        return float(np.sum(0.5 * b - np.logaddexp(0.0, b)))
+
+    def blocks(self, eta: np.ndarray, v: list[np.ndarray], sigma: np.ndarray, with_beta: bool,
+               beta: np.ndarray | None = None):
         """Gradient and Hessian blocks of ``-loglik + |v|^2/2``.
 
         Returns ``(g0, gD, A, B, C)``: ``A`` is the diagonal of the first factor's
@@ -128,9 +145,9 @@ class _Problem:
         mu = special.expit(eta)
         w = self.n * mu * (1.0 - mu)
         r = self.y - self.n * mu
-        s0, c0, q0 = sigma[0], self.codes[0], self.sizes[0]
-        g0 = -s0 * np.bincount(c0, r, q0) + v[0]
-        A = s0 * s0 * np.bincount(c0, w, q0) + 1.0
+        s0, c0, q0, z0 = sigma[0], self.codes[0], self.sizes[0], self.z[0]
+        g0 = -s0 * np.bincount(c0, r * z0, q0) + v[0]
+        A = s0 * s0 * np.bincount(c0, w * z0 * z0, q0) + 1.0
         dense_sizes = list(self.sizes[1:]) + ([self.k] if with_beta else [])
         m = sum(dense_sizes)
         B = np.zeros((q0, m))
@@ -138,26 +155,31 @@ class _Problem:
         gD = np.zeros(m)
         offsets = np.concatenate([[0], np.cumsum(dense_sizes)]).astype(int)
         for j in range(1, len(self.codes)):
-            sj, cj, qj = sigma[j], self.codes[j], self.sizes[j]
+            sj, cj, qj, zj = sigma[j], self.codes[j], self.sizes[j], self.z[j]
+            wj = w * zj
             o = offsets[j - 1]
-            gD[o:o + qj] = -sj * np.bincount(cj, r, qj) + v[j]
-            B[:, o:o + qj] = s0 * sj * np.bincount(self.pair_index[j - 1], w, q0 * qj).reshape(q0, qj)
-            C[o:o + qj, o:o + qj] += np.diag(sj * sj * np.bincount(cj, w, qj) + 1.0)
+            gD[o:o + qj] = -sj * np.bincount(cj, r * zj, qj) + v[j]
+            B[:, o:o + qj] = s0 * sj * np.bincount(self.pair_index[j - 1], wj * z0, q0 * qj).reshape(q0, qj)
+            C[o:o + qj, o:o + qj] += np.diag(sj * sj * np.bincount(cj, wj * zj, qj) + 1.0)
             for l in range(j + 1, len(self.codes)):
                 ol, ql = offsets[l - 1], self.sizes[l]
-                block = sj * sigma[l] * np.bincount(self.cross_index[j][l], w, qj * ql).reshape(qj, ql)
+                block = sj * sigma[l] * np.bincount(self.cross_index[j][l], wj * self.z[l], qj * ql).reshape(qj, ql)
                 C[o:o + qj, ol:ol + ql] = block
                 C[ol:ol + ql, o:o + qj] = block.T
             if with_beta:
                 ob = offsets[-2]
-                cross = sj * np.stack([np.bincount(cj, w * self.X[:, c], qj) for c in range(self.k)], axis=1)
+                cross = sj * np.stack([np.bincount(cj, wj * self.X[:, c], qj) for c in range(self.k)], axis=1)
                 C[o:o + qj, ob:] = cross
                 C[ob:, o:o + qj] = cross.T
         if with_beta:
             ob = offsets[-2]
             gD[ob:] = -(self.X.T @ r)
-            B[:, ob:] = s0 * np.stack([np.bincount(c0, w * self.X[:, c], q0) for c in range(self.k)], axis=1)
+            B[:, ob:] = s0 * np.stack([np.bincount(c0, w * z0 * self.X[:, c], q0) for c in range(self.k)], axis=1)
             C[ob:, ob:] = (self.X * w[:, None]).T @ self.X
+            if self.penalized.size and beta is not None:
+                mu_b = special.expit(beta[self.penalized])
+                gD[ob + self.penalized] -= 0.5 - mu_b
+                C[ob + self.penalized, ob + self.penalized] += mu_b * (1.0 - mu_b)
         return g0, gD, A, B, C
 
     @staticmethod
@@ -182,13 +204,13 @@ def _pirls(problem: _Problem, sigma: np.ndarray, state: _State, with_beta: bool,
     """
     def objective(beta: np.ndarray, v: list[np.ndarray]) -> float:
         eta = problem.eta(beta, v, sigma)
-        return -2.0 * problem.loglik(eta) + sum(float(x @ x) for x in v)
+        return -2.0 * (problem.loglik(eta) + problem.prior(beta)) + sum(float(x @ x) for x in v)
 
     current = objective(state.beta, state.v)
     converged = False
     for _ in range(max_iter):
         eta = problem.eta(state.beta, state.v, sigma)
-        g0, gD, A, B, C = problem.blocks(eta, state.v, sigma, with_beta)
+        g0, gD, A, B, C = problem.blocks(eta, state.v, sigma, with_beta, state.beta)
         S = problem.schur(A, B, C)
         if S.size:
             rhs = -gD + (B / A[:, None]).T @ g0
@@ -230,6 +252,108 @@ def _pirls(problem: _Problem, sigma: np.ndarray, state: _State, with_beta: bool,
     return current, logdet, converged
 
 
+def _encode(y: np.ndarray, n: np.ndarray, X: np.ndarray, groups: Mapping[str, np.ndarray],
+            slopes: Mapping[str, np.ndarray], penalized: Sequence[int]) -> tuple[_Problem, list[str]]:
+    """The problem with its random terms coded; the term with most levels first (the diagonal block).
+
+    A random slope ``slopes[g] = x`` is the term ``sigma * x * v[level of g]``,
+    uncorrelated with ``g``'s intercept (lme4's ``(1 | g) + (0 + x | g)``).
+    """
+    encoded = []
+    for name, labels in groups.items():
+        uniques, codes = np.unique(np.asarray(labels), return_inverse=True)
+        encoded.append((name, codes.astype(np.int64), len(uniques), None))
+        if name in slopes:
+            encoded.append((f"{name}:slope", codes.astype(np.int64), len(uniques), np.asarray(slopes[name], float)))
+    unknown = set(slopes) - set(groups)
+    if unknown:
+        raise ValueError(f"a random slope needs its grouping factor: {', '.join(sorted(unknown))}")
+    encoded.sort(key=lambda item: -item[2])
+    problem = _Problem(y, n, X, [e[1] for e in encoded], [e[2] for e in encoded], penalized, [e[3] for e in encoded])
+    return problem, [e[0] for e in encoded]
+
+
+class _Fitter:
+    """The two stages of the fit (joint mode, then Laplace) sharing warm starts and an evaluation count."""
+
+    def __init__(self, problem: _Problem, start_sd: float) -> None:
+        self.problem = problem
+        self.evaluations = 0
+        self.last_ok = True  # whether the most recent inner solve converged (checked at the optimum)
+        y, n, X = problem.y, problem.n, problem.X
+        # Starting fixed effects: the pooled log-odds, as a least-squares fit of X.
+        p0 = np.clip((y.sum() + 0.5) / (n.sum() + 1.0), 1e-6, 1 - 1e-6)
+        self.state = _State(problem, np.linalg.lstsq(X, np.full(len(y), math.log(p0 / (1 - p0))), rcond=None)[0])
+        self.start_sd = start_sd
+        F = len(problem.sizes)
+        self.bounds = [(0.0, 10.0)] * F  # SDs beyond 10 log-odds mean deterministic responding
+
+    def _inner(self, sigma: np.ndarray, state: _State, with_beta: bool) -> float:
+        self.evaluations += 1
+        pen, logdet, self.last_ok = _pirls(self.problem, np.asarray(sigma, dtype=float), state, with_beta)
+        return pen + logdet
+
+    def joint(self) -> tuple[np.ndarray, np.ndarray, float, bool]:
+        """``nagq=0``: minimise over ``sigma`` with ``beta`` at the joint conditional mode."""
+        F = len(self.problem.sizes)
+        fit = optimize.minimize(lambda sd: self._inner(sd, self.state, True), np.full(F, self.start_sd),
+                                method="L-BFGS-B", bounds=self.bounds,
+                                options={"ftol": 1e-12, "gtol": 1e-7, "eps": 1e-6, "maxiter": 200})
+        sigma = np.clip(fit.x, 0.0, None)
+        self._inner(sigma, self.state, True)
+        return sigma, self.state.beta.copy(), float(fit.fun), bool(fit.success)
+
+    def laplace(self, sigma: np.ndarray, beta: np.ndarray, deviance: float,
+                converged: bool) -> tuple[np.ndarray, np.ndarray, float, bool]:
+        """``nagq=1``: refine ``(sigma, beta)`` together on the Laplace deviance (lme4's default)."""
+        F, k = len(sigma), len(beta)
+        inner = _State(self.problem, beta)
+        inner.v = [x.copy() for x in self.state.v]
+
+        def deviance1(params: np.ndarray) -> float:
+            inner.beta = params[F:]
+            return self._inner(params[:F], inner, False)
+
+        fit = optimize.minimize(deviance1, np.concatenate([sigma, beta]), method="L-BFGS-B",
+                                bounds=self.bounds + [(None, None)] * k,
+                                options={"ftol": 1e-13, "gtol": 1e-7, "eps": 1e-6, "maxiter": 500})
+        if fit.fun <= deviance + 1e-6:
+            sigma, beta, deviance = np.clip(fit.x[:F], 0.0, None), fit.x[F:].copy(), float(fit.fun)
+            converged = converged and bool(fit.success)
+        deviance1(np.concatenate([sigma, beta]))
+        self.state = inner
+        return sigma, beta, deviance, converged
+
+    def covariance(self, sigma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        """The ``beta`` block of the inverse joint Hessian of the penalised objective at the optimum."""
+        problem = self.problem
+        eta = problem.eta(beta, self.state.v, sigma)
+        _, _, A, B, C = problem.blocks(eta, self.state.v, sigma, with_beta=True, beta=beta)
+        S = problem.schur(A, B, C)
+        try:
+            inv = linalg.cho_solve(linalg.cho_factor(S, lower=True), np.eye(S.shape[0]))
+        except linalg.LinAlgError:
+            raise ValueError("the information matrix is singular (complete separation, or too little data for "
+                             "this model)") from None
+        return inv[-problem.k:, -problem.k:]
+
+
+def _one_blas_thread() -> Any:
+    """Run the fit's small dense algebra on one BLAS thread.
+
+    The dense blocks are a few hundred rows at most; spreading them over threads costs
+    more in synchronisation than it saves, and on a busy machine spinning BLAS threads
+    made a fit up to 100x slower (a 152-row random-slope fit: 39 s against 0.4 s on two
+    shared cores). threadpoolctl comes with scikit-learn (a pingouin dependency);
+    without it nothing is limited.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def fit_logistic_glmm(
     y: np.ndarray,
     X: np.ndarray,
@@ -238,6 +362,8 @@ def fit_logistic_glmm(
     trials: np.ndarray | None = None,
     nagq: int = 1,
     start_sd: float = 0.3,
+    separation: str = "penalize",
+    slopes: Mapping[str, np.ndarray] | None = None,
 ) -> GLMMResult:
     """Fit ``logit P(y) = X beta + random intercepts`` by maximum (Laplace) likelihood.
 
@@ -245,6 +371,16 @@ def fit_logistic_glmm(
     aggregated rows); ``groups`` maps each grouping factor's name to one label per
     row. ``nagq=0`` stops after the joint-mode fit (lme4's ``nAGQ = 0``); ``nagq=1``
     (default) refines to the full Laplace maximum likelihood (lme4's default).
+
+    A term whose answers are all successes (or all failures) has no finite maximum
+    likelihood estimate. With ``separation="penalize"`` (default) only that term gets
+    a Jeffreys prior (half a success and half a failure; Firth's correction for a
+    binomial proportion), so it has a finite, bias-reduced estimate and every other
+    term keeps its likelihood; the penalised terms are listed in
+    :attr:`GLMMResult.penalized`. ``separation="refuse"`` raises :class:`ValueError`.
+
+    ``slopes`` adds uncorrelated random slopes: ``{"participant": x}`` is lme4's
+    ``(0 + x | participant)``; its SD is reported as ``sd["participant:slope"]``.
     """
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
@@ -257,80 +393,26 @@ def fit_logistic_glmm(
         raise ValueError("at least one grouping factor is needed")
     if np.linalg.matrix_rank(X) < X.shape[1]:
         raise ValueError("the fixed-effect design is rank deficient (a budget or condition with no trials?)")
+    if separation not in ("penalize", "refuse") or nagq not in (0, 1):
+        raise ValueError("separation must be 'penalize' or 'refuse' and nagq 0 or 1")
     terms = list(terms) if terms is not None else [f"x{j}" for j in range(X.shape[1])]
-    _check_separation(y, n, X, terms)
-    # Encode the factors; put the one with most levels first (the diagonal block).
-    encoded = []
-    for name, labels in groups.items():
-        uniques, codes = np.unique(np.asarray(labels), return_inverse=True)
-        encoded.append((name, codes.astype(np.int64), len(uniques)))
-    encoded.sort(key=lambda item: -item[2])
-    names = [e[0] for e in encoded]
-    problem = _Problem(y, n, X, [e[1] for e in encoded], [e[2] for e in encoded])
-
-    # Starting fixed effects: ordinary logistic regression via a few Newton steps.
-    p0 = np.clip((y.sum() + 0.5) / (n.sum() + 1.0), 1e-6, 1 - 1e-6)
-    beta0 = np.linalg.lstsq(X, np.full(len(y), math.log(p0 / (1 - p0))), rcond=None)[0]
-    state = _State(problem, beta0)
-    evaluations = 0
-    last_ok = True  # whether the most recent inner solve converged (checked at the optimum)
-
-    def deviance0(sd: np.ndarray) -> float:
-        nonlocal evaluations, last_ok
-        evaluations += 1
-        pen, logdet, last_ok = _pirls(problem, np.asarray(sd, dtype=float), state, with_beta=True)
-        return pen + logdet
-
-    F = len(names)
-    bounds = [(0.0, 10.0)] * F  # SDs beyond 10 log-odds mean deterministic responding
-    fit0 = optimize.minimize(deviance0, np.full(F, start_sd), method="L-BFGS-B", bounds=bounds,
-                             options={"ftol": 1e-12, "gtol": 1e-7, "eps": 1e-6, "maxiter": 200})
-    sigma = np.clip(fit0.x, 0.0, None)
-    deviance0(sigma)
-    beta = state.beta.copy()
-    deviance = float(fit0.fun)
-    converged = bool(fit0.success)
-
-    if nagq == 1:
-        k = X.shape[1]
-        inner = _State(problem, beta)
-        inner.v = [x.copy() for x in state.v]
-
-        def deviance1(params: np.ndarray) -> float:
-            nonlocal evaluations, last_ok
-            evaluations += 1
-            inner.beta = params[F:]
-            pen, logdet, last_ok = _pirls(problem, params[:F], inner, with_beta=False)
-            return pen + logdet
-
-        fit1 = optimize.minimize(deviance1, np.concatenate([sigma, beta]), method="L-BFGS-B",
-                                 bounds=bounds + [(None, None)] * k,
-                                 options={"ftol": 1e-13, "gtol": 1e-7, "eps": 1e-6, "maxiter": 500})
-        if fit1.fun <= deviance + 1e-6:
-            sigma, beta, deviance = np.clip(fit1.x[:F], 0.0, None), fit1.x[F:].copy(), float(fit1.fun)
-            converged = converged and bool(fit1.success)
-        deviance1(np.concatenate([sigma, beta]))
-        state = inner
-    elif nagq != 0:
-        raise ValueError("nagq must be 0 or 1")
-
-    # Covariance of beta: the beta block of the inverse joint Hessian at the optimum.
-    eta = problem.eta(beta, state.v, sigma)
-    g0, gD, A, B, C = problem.blocks(eta, state.v, sigma, with_beta=True)
-    S = problem.schur(A, B, C)
-    try:
-        inv = linalg.cho_solve(linalg.cho_factor(S, lower=True), np.eye(S.shape[0]))
-    except linalg.LinAlgError:
-        raise ValueError("the information matrix is singular (complete separation, or too little data for "
-                         "this model)") from None
-    k = X.shape[1]
-    cov = inv[-k:, -k:]
-    random_effects = {name: sigma[f] * state.v[f] for f, name in enumerate(names)}
+    separated = separated_terms(y, n, X)
+    if separated and separation == "refuse":
+        j, why = next(iter(separated.items()))
+        raise ValueError(f"{why} for {terms[j]}, so its log-odds is infinite")
+    problem, names = _encode(y, n, X, groups, slopes or {}, sorted(separated))
+    fitter = _Fitter(problem, start_sd)
+    with _one_blas_thread():
+        sigma, beta, deviance, converged = fitter.joint()
+        if nagq == 1:
+            sigma, beta, deviance, converged = fitter.laplace(sigma, beta, deviance, converged)
+        cov = fitter.covariance(sigma, beta)
     return GLMMResult(
         terms=terms, beta=np.asarray(beta, dtype=float), cov=cov,
         sd={name: float(sigma[f]) for f, name in enumerate(names)},
         deviance=deviance, n_obs=int(n.sum()),
-        n_groups={name: int(size) for name, _, size in encoded},
-        converged=converged and last_ok, nagq=nagq, evaluations=evaluations,
-        random_effects=random_effects,
+        n_groups={name: int(size) for name, size in zip(names, problem.sizes)},
+        converged=converged and fitter.last_ok, nagq=nagq, evaluations=fitter.evaluations,
+        random_effects={name: sigma[f] * fitter.state.v[f] for f, name in enumerate(names)},
+        penalized={terms[j]: why for j, why in separated.items()},
     )

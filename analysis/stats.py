@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .config import AnalysisConfig, ExclusionRules, as_config
+from .config import AnalysisConfig, ExclusionRules
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -74,6 +74,7 @@ def participant_summary(df: "pd.DataFrame", rules: ExclusionRules | None = None)
     out["not_fullscreen_fraction"] = (1.0 - trials["fullscreen"].astype("Float64")).groupby(trials["participant"]).mean()
     out["blurred_fraction"] = trials["blurred"].astype("Float64").groupby(trials["participant"]).mean()
     out["median_rt_ms"] = grouped["rt_ms"].median()
+    _server_timing(out, trials, rules)
     out[["n_main_trials", "n_catch_trials"]] = out[["n_main_trials", "n_catch_trials"]].fillna(0).astype(int)
     for column in ("catch_accuracy", "fast_fraction", "not_fullscreen_fraction", "blurred_fraction"):
         out[column] = pd.to_numeric(out[column], errors="coerce").astype(float)
@@ -100,13 +101,40 @@ def participant_summary(df: "pd.DataFrame", rules: ExclusionRules | None = None)
     if rules.max_blurred_fraction < 1:
         flag(out["blurred_fraction"] > rules.max_blurred_fraction,
              f"blurred>{rules.max_blurred_fraction:g}")
+    if out.attrs["server_rt"]:
+        if rules.min_median_server_rt_ms > 0:
+            flag(out["median_server_rt_ms"] < rules.min_median_server_rt_ms,
+                 f"median_server_rt<{rules.min_median_server_rt_ms:g}ms")
+        if rules.max_rt_over_server_fraction < 1:
+            flag(out["rt_over_server_fraction"] > rules.max_rt_over_server_fraction,
+                 f"rt_over_server>{rules.max_rt_over_server_fraction:g}")
     out["reason"] = ["; ".join(r) for r in reasons]
     out["excluded"] = out["reason"] != ""
     return out.reset_index()
 
 
+def _server_timing(out: "pd.DataFrame", trials: "pd.DataFrame", rules: ExclusionRules) -> None:
+    """Add the server-side timing checks (``server_rt_ms``), or NaN and a note when the export lacks it.
+
+    ``server_rt_ms`` is the time between the server delivering a trial and receiving
+    its answer, so an honest browser's ``rt_ms`` cannot exceed it by more than clock
+    jitter (``server_rt_slack_ms``), and a person cannot answer every trial in a few
+    hundred milliseconds of server time. Both shares are over non-practice trials.
+    """
+    present = "server_rt_ms" in trials.columns and trials["server_rt_ms"].notna().any()
+    out.attrs["server_rt"] = bool(present)
+    if not present:
+        out["median_server_rt_ms"] = math.nan
+        out["rt_over_server_fraction"] = math.nan
+        return
+    server = trials["server_rt_ms"].astype(float)
+    over = (trials["rt_ms"].astype(float) > server + rules.server_rt_slack_ms).astype(float).where(server.notna())
+    out["median_server_rt_ms"] = server.groupby(trials["participant"]).median()
+    out["rt_over_server_fraction"] = over.groupby(trials["participant"]).mean()
+
+
 def apply_exclusions(
-    df: "pd.DataFrame", config: AnalysisConfig | ExclusionRules | dict | None = None
+    df: "pd.DataFrame", config: AnalysisConfig | ExclusionRules | None = None
 ) -> tuple["pd.DataFrame", "pd.DataFrame"]:
     """Apply the pre-stated exclusions; return ``(kept_trials, excluded_participants)``.
 
@@ -116,7 +144,7 @@ def apply_exclusions(
     reason (columns :data:`EXCLUSION_COLUMNS`). The number of trials dropped for
     RT alone is in ``kept_trials.attrs["rt_excluded_trials"]``.
     """
-    rules = config if isinstance(config, ExclusionRules) else as_config(config).exclusions
+    rules = config.exclusions if isinstance(config, AnalysisConfig) else (config or ExclusionRules())
     summary = participant_summary(df, rules)
     excluded = summary[summary["excluded"]]
     keep_ids = set(summary.loc[~summary["excluded"], "participant"])
@@ -229,15 +257,17 @@ def _holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def one_sample_tests(values: np.ndarray, chance: float = 0.5) -> dict[str, float]:
-    """t-test (pingouin: t, dof, p, Cohen's d, JZS BF10) and Wilcoxon signed-rank of ``values`` vs ``chance``."""
+def one_sample_tests(values: np.ndarray, chance: float = 0.5, level: float = 0.95) -> dict[str, float]:
+    """t-test (pingouin: t, dof, p, Cohen's d with its exact ``level`` CI, JZS BF10) and Wilcoxon signed-rank."""
     import pingouin as pg
     from scipy import stats
 
     values = np.asarray(values, dtype=float)
     n = len(values)
+    from .effects import cohen_d_ci
+
     out = {"t": math.nan, "dof": math.nan, "p": math.nan, "cohen_d": math.nan, "bf10": math.nan,
-           "wilcoxon_w": math.nan, "wilcoxon_p": math.nan}
+           "wilcoxon_w": math.nan, "wilcoxon_p": math.nan, "cohen_d_ci_low": math.nan, "cohen_d_ci_high": math.nan}
     if n < 2:
         return out
     out["dof"] = float(n - 1)
@@ -251,6 +281,7 @@ def one_sample_tests(values: np.ndarray, chance: float = 0.5) -> dict[str, float
     out.update(t=float(row["T"]), dof=float(row["dof"]), p=float(row["p_val"]),
                cohen_d=float((values.mean() - chance) / values.std(ddof=1)),
                bf10=float(pg.bayesfactor_ttest(float(row["T"]), n)))
+    out["cohen_d_ci_low"], out["cohen_d_ci_high"] = cohen_d_ci(out["t"], n, level)
     differences = values - chance
     if np.any(differences != 0):
         with warnings.catch_warnings():
@@ -260,7 +291,8 @@ def one_sample_tests(values: np.ndarray, chance: float = 0.5) -> dict[str, float
     return out
 
 
-def ttests(df: "pd.DataFrame", chance: float = 0.5, by: Sequence[str] = ("condition", "eps")) -> "pd.DataFrame":
+def ttests(df: "pd.DataFrame", chance: float = 0.5, by: Sequence[str] = ("condition", "eps"),
+           level: float = 0.95) -> "pd.DataFrame":
     """One-sample tests of participant means against ``chance`` per condition x eps.
 
     Columns: ``condition, eps, n_participants, t, dof, p, p_holm, cohen_d, bf10,
@@ -274,7 +306,7 @@ def ttests(df: "pd.DataFrame", chance: float = 0.5, by: Sequence[str] = ("condit
     for key, group in means.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), "n_participants": len(group),
-                     **one_sample_tests(group["bias"].to_numpy(), chance)})
+                     **one_sample_tests(group["bias"].to_numpy(), chance, level)})
     out = _sort(pd.DataFrame(rows), list(by))
     family = [k for k in by if k != "eps"]
     for column in ("p", "wilcoxon_p"):
@@ -290,7 +322,7 @@ def bias_by_eps(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd
     """The main table (``bias_by_eps.csv``): :func:`perceptual_bias` joined with :func:`ttests`."""
     config = config or AnalysisConfig()
     bias = perceptual_bias(df, config.ci_level, config.n_boot, config.seed)
-    tests = ttests(df, config.chance).drop(columns="n_participants")
+    tests = ttests(df, config.chance, level=config.ci_level).drop(columns="n_participants")
     out = bias.merge(tests, on=["condition", "eps"], how="left")
     rest = [c for c in out.columns if c not in BIAS_BY_EPS_COLUMNS]
     return out[list(BIAS_BY_EPS_COLUMNS) + rest]
@@ -300,7 +332,7 @@ def bias_by_condition(df: "pd.DataFrame", config: AnalysisConfig | None = None) 
     """Bias per condition over all budgets: participant means over every main trial of the condition."""
     config = config or AnalysisConfig()
     bias = perceptual_bias(df, config.ci_level, config.n_boot, config.seed, by=("condition",))
-    tests = ttests(df, config.chance, by=("condition",)).drop(columns=["n_participants", "p_holm",
+    tests = ttests(df, config.chance, by=("condition",), level=config.ci_level).drop(columns=["n_participants", "p_holm",
                                                                        "wilcoxon_p_holm"])
     out = bias.merge(tests, on="condition", how="left")
     first = [c for c in BIAS_BY_EPS_COLUMNS if c in out.columns and c != "p_holm"]
@@ -398,7 +430,9 @@ def _fit_condition(main: "pd.DataFrame", condition: str, model: str, nagq: int, 
     summary = fit.summary(level)
     p_holm = _holm(np.array([r["p"] for r in summary])) if model == "eps" else [math.nan] * len(summary)
     for row, adjusted in zip(summary, p_holm):
+        penalized = fit.penalized.get(row["term"])
         rows.append({**base, "effect": "fixed", **row, "p_holm": adjusted,
+                     "note": f"penalised (Jeffreys prior): {penalized}" if penalized else None,
                      "odds_ratio": math.exp(row["estimate"]), "or_ci_low": math.exp(row["ci_low"]),
                      "or_ci_high": math.exp(row["ci_high"]),
                      "prob": 1 / (1 + math.exp(-row["estimate"])), "prob_ci_low": 1 / (1 + math.exp(-row["ci_low"])),
@@ -410,7 +444,10 @@ def _fit_condition(main: "pd.DataFrame", condition: str, model: str, nagq: int, 
             "deviance": fit.deviance, "aic": fit.deviance + 2 * (len(terms) + len(fit.sd)),
             "sd_participant": fit.sd.get("participant"), "sd_source": fit.sd.get("source"),
             "singular": any(v < 1e-4 for v in fit.sd.values()), "converged": fit.converged,
-            "nagq": fit.nagq, "evaluations": fit.evaluations}
+            "nagq": fit.nagq, "evaluations": fit.evaluations,
+            "note": ("penalised term(s) " + ", ".join(fit.penalized) + ": complete separation, estimated with a "
+                     "Jeffreys prior (half a success and half a failure) instead of maximum likelihood")
+            if fit.penalized else None}
     if model == "eps" and len(terms) > 1:
         # Wald test that every budget has the same log-odds (contrasts against the first).
         L = np.zeros((len(terms) - 1, len(terms)))

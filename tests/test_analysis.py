@@ -332,9 +332,10 @@ def test_run_analysis_writes_every_output(export_files: dict[str, Path], tmp_pat
     assert status == 0
     for name in ("report.html", "report.md", "bias_by_eps.csv", "mixed_model.csv", "exclusions.csv",
                  "bias_by_condition.csv", "participant_bias.csv", "participants.csv", "side_bias.csv",
-                 "rt_by_eps.csv", "mixed_model_fits.csv", "exclusion_counts.csv", "provenance.json"):
+                 "rt_by_eps.csv", "mixed_model_fits.csv", "exclusion_counts.csv", "provenance.json", "primary.csv",
+                 "contrasts.csv", "trend.csv", "bias_by_image.csv", "bias_by_category.csv", "bias_by_half.csv"):
         assert (out / name).stat().st_size > 0, name
-    for figure in ("bias_by_eps", "participant_bias", "rt_by_eps"):
+    for figure in ("bias_by_eps", "participant_bias", "rt_by_eps", "bias_by_image"):
         assert (out / "figures" / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert b"<svg" in (out / "figures" / f"{figure}.svg").read_bytes()[:2000]
     bias = pd.read_csv(out / "bias_by_eps.csv")
@@ -346,7 +347,9 @@ def test_run_analysis_writes_every_output(export_files: dict[str, Path], tmp_pat
     assert list(exclusions.columns) == list(stats.EXCLUSION_COLUMNS)
     assert (exclusions["reason"].str.len() > 0).all()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # self-contained
+    assert html.count("data:image/png;base64,") == 4  # self-contained
+    # The declared primary analysis comes first, then the paste-ready Methods and Results.
+    assert html.index("Primary analysis") < html.index("Summary") < html.index("Methods and Results")
     assert "<script" not in html and "http://" not in html and "https://" not in html
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["settings"]["n_boot"] == 500
@@ -381,10 +384,10 @@ def test_power_simulation_agrees_with_the_analytic_t_test_when_images_are_fixed(
 
 def test_power_fast_path_matches_the_full_simulator() -> None:
     """The batch generator behind `advbias power` draws participant means like simulate_trials."""
-    from analysis.simulation import _batch_counts
+    from analysis.power import batch_counts
 
     beta = conditional_logit(0.56, math.hypot(0.5, 0.4))
-    successes, _ = _batch_counts(np.random.default_rng(0), 40, 200, 60, beta, 0.5, 0.4, 30)
+    successes, _ = batch_counts(np.random.default_rng(0), 40, 200, 60, beta, 0.5, 0.4, 30)
     fast = successes.sum(-1) / 60
     full = []
     for seed in range(40):

@@ -133,19 +133,32 @@ def test_rank_deficient_design_is_refused() -> None:
         fit_logistic_glmm(np.array([0.0, 1.0, 1.0]), np.ones((3, 2)), {"g": np.array([0, 1, 1])})
 
 
-def test_complete_separation_is_reported_not_fitted() -> None:
-    """A budget where every answer is the same has no finite log-odds: a clear note, the rest still fitted."""
+def test_complete_separation_penalises_only_the_separated_budget() -> None:
+    """A budget where every answer is the same has no finite ML log-odds: it alone gets a Jeffreys prior,
+    reported as such, and the other budgets keep the estimates of a fit without it."""
     y = np.array([1.0, 1, 1, 1, 0, 1, 0, 1])
     X = np.stack([np.r_[np.ones(4), np.zeros(4)], np.r_[np.zeros(4), np.ones(4)]], axis=1)
-    with pytest.raises(ValueError, match="complete separation: every one of the 4 answers for eps=2"):
-        fit_logistic_glmm(y, X, {"participant": np.arange(8) % 3}, ["eps=2", "eps=16"])
-    df = validate_export(simulate_export(3, 8, 0.6, eps=(2, 16), seed=1))
+    with pytest.raises(ValueError, match="complete separation: every one of the 4 answers is a success for eps=2"):
+        fit_logistic_glmm(y, X, {"participant": np.arange(8) % 3}, ["eps=2", "eps=16"], separation="refuse")
+    fit = fit_logistic_glmm(y, X, {"participant": np.arange(8) % 3}, ["eps=2", "eps=16"])
+    assert list(fit.penalized) == ["eps=2"] and np.isfinite(fit.beta).all()
+    # Jeffreys: 4 successes of 4 -> about log(4.5 / 0.5) with no random variation.
+    assert fit.beta[0] == pytest.approx(math.log(4.5 / 0.5), abs=0.3)
+
+    df = validate_export(simulate_export(40, 64, {2: 0.55, 4: 0.6, 8: 0.65, 16: 0.7}, participant_sd=0.4,
+                                         image_sd=0.3, eps=(2, 4, 8, 16), n_images=20, seed=1))
     main = df["kind"] == "main"
-    df.loc[main & (df["eps"] == 2), "chose_question_target"] = 1
+    df.loc[main & (df["eps"] == 16), "chose_question_target"] = 1
     table, fits = analysis.mixed_model(df, fits=True)
-    eps_rows = table[table["model"] == "eps"].set_index("term")
-    assert eps_rows["estimate"].isna().all()
-    assert eps_rows["note"].str.contains("complete separation").all()
-    intercept = table[(table["model"] == "intercept") & (table["effect"] == "fixed")].iloc[0]
-    assert np.isfinite(intercept["estimate"])
-    assert not fits.set_index("model").loc["eps", "converged"]
+    eps_rows = table[(table["model"] == "eps") & (table["effect"] == "fixed")].set_index("term")
+    assert np.isfinite(eps_rows["estimate"]).all()
+    assert eps_rows.loc["eps=16", "note"].startswith("penalised (Jeffreys prior): complete separation")
+    assert eps_rows.drop("eps=16")["note"].isna().all()
+    assert "penalised term(s) eps=16" in fits.set_index("model").loc["eps", "note"]
+    # The estimable budgets match a fit without the separated budget (what lme4 reports for them).
+    without = analysis.mixed_model(df[~(main & (df["eps"] == 16))], models=("eps",))
+    without = without[without["effect"] == "fixed"].set_index("term")
+    for term in ("eps=2", "eps=4", "eps=8"):
+        assert eps_rows.loc[term, "estimate"] == pytest.approx(without.loc[term, "estimate"], abs=0.25 * without.loc[
+            term, "std_err"]), term
+        assert eps_rows.loc[term, "std_err"] == pytest.approx(without.loc[term, "std_err"], rel=0.05), term

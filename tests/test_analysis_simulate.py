@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import binomtest
 
 import analysis
-from analysis.simulation import _classify, _read_manifest, simulate_study
+from analysis.participants import classify, load_stimuli, simulate_study
 from advbias.errors import CLIError
 from advbias.cli import main as advbias
 
@@ -55,11 +55,11 @@ def test_synthetic_participants_over_http_then_analysis(
     assert (df["participant_status"] == "completed").all()
     assert (df.loc[df["kind"] == "catch", "chose_question_target"] == 1).all()
     # The synthetic participants read each trial through the manifest exactly as the server planned it.
-    manifest = _read_manifest(stimulus_set)
+    manifest = load_stimuli(stimulus_set)
     for row in df.itertuples(index=False):
         view = {"index": row.trial_index, "practice": row.kind == "practice", "question": row.question,
                 "left": f"/stimuli/{row.left_stimulus_id}.png", "right": f"/stimuli/{row.right_stimulus_id}.png"}
-        assert _classify(view, manifest) == (row.kind, row.condition, row.target_side, row.eps, row.source)
+        assert classify(view, manifest) == (row.kind, row.condition, row.target_side, row.eps, row.source)
     # ... so the answers follow the truth. The server shuffles trials with its own randomness, so the check
     # is an exact binomial test per budget (64 trials each) at the 0.1% level, not a fixed number.
     main = df[df["kind"] == "main"]
@@ -101,7 +101,7 @@ def test_simulate_cli_and_its_errors(server: str, make_experiment: Callable[...,
     assert advbias(["simulate", "no-such-study", "--participants", "1", "--set", str(stimulus_set),
                     "--url", server, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("advbias: error: POST /api/v1/experiments/no-such-study/participants answered 404")
+    assert err.startswith("advbias: error: experiment 'no-such-study' at http") and "HTTP 404" in err
     assert "\n" not in err
 
     # A budget the bias does not cover is refused before anything is answered wrongly.
