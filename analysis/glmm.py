@@ -1,9 +1,12 @@
-"""Logistic mixed-effects regression with crossed random intercepts (Laplace approximation).
+"""Logistic mixed-effects regression with crossed random effects (Laplace approximation).
 
 The model, for trial (or aggregated cell) ``i`` with ``n_i`` trials and ``y_i`` successes::
 
-    y_i ~ Binomial(n_i, logistic(eta_i)),   eta_i = x_i' beta + sum_f sigma_f * v_f[g_f(i)]
-    v_f ~ N(0, I)   (so the random intercepts are b_f = sigma_f * v_f ~ N(0, sigma_f^2))
+    y_i ~ Binomial(n_i, logistic(eta_i)),   eta_i = x_i' beta + sum_f sigma_f * z_f(i) * v_f[g_f(i)]
+    v_f ~ N(0, I)   (so the random effects are b_f = sigma_f * v_f ~ N(0, sigma_f^2))
+
+``z_f = 1`` for a random intercept; a random slope of ``x`` by a factor is a further term
+with ``z_f = x``, uncorrelated with the intercept (lme4's ``(1 | g) + (0 + x | g)``).
 
 This is ``glmer(y ~ X + (1 | participant) + (1 | source), family = binomial)`` in
 lme4 (Bates, Maechler, Bolker & Walker 2015), fitted the same way:
@@ -26,6 +29,10 @@ The random-effect dimension can be large (thousands of participants), so the
 Hessian is never formed densely: the first grouping factor's block is diagonal
 (every row belongs to exactly one of its levels) and is eliminated by a Schur
 complement; only the remaining levels and ``beta`` form a dense matrix.
+
+A fixed effect whose rows are all successes (or all failures) has no finite maximum
+likelihood estimate; that term alone gets a Jeffreys prior (``separated_terms``,
+:attr:`GLMMResult.penalized`), so the other terms keep their likelihood.
 """
 from __future__ import annotations
 

@@ -97,7 +97,13 @@ def ttest_p(means: np.ndarray, chance: float = 0.5) -> np.ndarray:
 
 
 def _glmm_p(successes: np.ndarray, counts: np.ndarray) -> float:
-    """p of the mixed model's intercept for one simulated study (participants x images)."""
+    """p of the primary test for one simulated study (participants x images).
+
+    The mixed model's intercept, its Wald statistic on a t reference with
+    ``min(participants, images) - 1`` degrees of freedom, as ``primary.csv`` reports it.
+    """
+    from scipy import stats
+
     from .glmm import fit_logistic_glmm
 
     n, n_images = counts.shape
@@ -106,7 +112,8 @@ def _glmm_p(successes: np.ndarray, counts: np.ndarray) -> float:
     seen = counts.ravel() > 0
     fit = fit_logistic_glmm(successes.ravel()[seen], np.ones((int(seen.sum()), 1)),
                             {"participant": participant[seen], "source": image[seen]}, trials=counts.ravel()[seen])
-    return float(fit.summary()[0]["p"])
+    z = fit.summary()[0]["z"]
+    return float(2.0 * stats.t.sf(abs(z), max(min(n, n_images) - 1, 1))) if np.isfinite(z) else 1.0
 
 
 def rejection_rate(rng: np.random.Generator, n: int, sims: int, n_trials: int, beta: float,

@@ -98,7 +98,8 @@ def _analysis(config: AnalysisConfig, tables: Mapping[str, "pd.DataFrame"]) -> s
     sided = "one-sided (bias above chance)" if config.alternative == "greater" else "two-sided"
     return (f"Analysis: the primary test, declared before the data were seen, was the {test} for each of the "
             f"{len(primary)} trial type(s), {sided}, Holm-adjusted across them; the mixed model "
-            f"(y ~ 1 + (1|participant) + (1|source), Laplace maximum likelihood) generalises over participants and "
+            f"(y ~ 1 + (1|participant) + (1|source), Laplace maximum likelihood; Wald statistic referred to a t "
+            f"distribution on min(participants, images) - 1 degrees of freedom) generalises over participants and "
             f"images. Secondary analyses: per-budget one-sample t-tests of participant means against "
             f"{config.chance:g} (Holm across budgets), paired contrasts between trial types, the change in log-odds "
             f"per doubling of the budget, and bias per image, asked category and half of the session. Intervals "
@@ -122,7 +123,7 @@ def _primary_sentence(row: Any, by_condition: "pd.DataFrame", level: int) -> str
                  f"n = {int(m.n_participants)}); ")
     if row.scale == "log-odds":
         text += (f"mixed model log-odds {row.estimate:.3f} ({level}% CI {row.ci_low:.3f} to {row.ci_high:.3f}; "
-                 f"{row.bias:.1%} for a typical participant and image), z = {row.statistic:.2f}, "
+                 f"{row.bias:.1%} for a typical participant and image), t({row.dof:g}) = {row.statistic:.2f}, "
                  f"{_p(row.p)}, Holm {_p(row.p_holm)}.")
     else:
         text += f"t({row.dof:g}) = {row.statistic:.2f}, {_p(row.p)}, Holm {_p(row.p_holm)}."

@@ -137,7 +137,12 @@ def test_primary_family_holm_and_one_sided(two_types: pd.DataFrame) -> None:
     assert list(primary.index) == ["targets", "vs_noise"]
     assert primary["test"].str.startswith("GLMM").all()
     intercept = tables["mixed_model"].query("model == 'intercept' and effect == 'fixed'").set_index("condition")
-    assert np.allclose(primary["estimate"], intercept["estimate"]) and np.allclose(primary["p"], intercept["p"])
+    assert np.allclose(primary["estimate"], intercept["estimate"]) and np.allclose(primary["statistic"], intercept["z"])
+    # The Wald statistic on a t reference with (fewer of participants and images) - 1 degrees of freedom.
+    dof = np.minimum(intercept["n_participants"], intercept["n_images"]) - 1
+    assert np.allclose(primary["dof"], dof)
+    assert np.allclose(primary["p"], 2 * sps.t.sf(np.abs(intercept["z"]), dof))
+    assert (primary["p"] > intercept["p"]).all()
     from statsmodels.stats.multitest import multipletests
 
     assert np.allclose(primary["p_holm"], multipletests(primary["p"], method="holm")[1])
