@@ -650,6 +650,34 @@ def _read_manifest(set_dir: Path) -> dict[str, _Stimulus]:
                 for row in reader}
 
 
+def _pixel_key(png: bytes) -> str:
+    """A name for an image's pixels, whatever its file encoding (the server re-encodes what it delivers)."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        rgb = image.convert("RGB")
+        return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def _pixel_index(set_dir: Path, manifest: Mapping[str, _Stimulus]) -> dict[str, str]:
+    """pixel key -> stimulus id for every image of the set.
+
+    Image URLs are keyed aliases that only the server can map to manifest rows, so a
+    synthetic participant, like a person, recognises an image by what it shows: it
+    holds the set, and matches the delivered pixels against it.
+    """
+    index: dict[str, str] = {}
+    for stimulus_id in manifest:
+        path = Path(set_dir) / "images" / f"{stimulus_id}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} listed in the manifest is missing")
+        index.setdefault(_pixel_key(path.read_bytes()), stimulus_id)
+    return index
+
+
 def _mentions(question: str, category: str) -> bool:
     import re
 
@@ -727,6 +755,8 @@ def simulate_study(
     if n_participants < 1:
         raise ValueError("--participants must be at least 1")
     manifest = _read_manifest(Path(set_dir))
+    by_pixels = _pixel_index(Path(set_dir), manifest)
+    seen_urls: dict[str, str] = {}
     total_sd = math.hypot(participant_sd, image_sd)
     sources = sorted({s.source for s in manifest.values()})
     image_rng = np.random.default_rng([seed, 1])
@@ -758,6 +788,19 @@ def simulate_study(
             return payload
         raise CLIError(f"{method} {path} kept failing")  # pragma: no cover
 
+    def identify(http: Any, image_url: str) -> str:
+        """The stimulus id of a delivered image, recognised by its pixels (cached per URL)."""
+        if image_url not in seen_urls:
+            reply = http.request("GET", base + image_url, timeout=timeout)
+            if reply.status_code != 200:
+                raise CLIError(f"GET {image_url} answered {reply.status_code}")
+            key = _pixel_key(reply.content)
+            if key not in by_pixels:
+                raise CLIError(f"image {image_url} is not in the stimulus set: is --set the set this experiment "
+                               "was created from?")
+            seen_urls[image_url] = by_pixels[key]
+        return seen_urls[image_url]
+
     def beta_for(condition: str, eps: int) -> float:
         key = (condition, eps)
         if key not in beta_cache:
@@ -788,7 +831,8 @@ def simulate_study(
                 if not page["trials"]:
                     break
                 for trial in page["trials"]:
-                    kind, condition, target_side, eps, source = _classify(trial, manifest)
+                    named = {**trial, "left": identify(http, trial["left"]), "right": identify(http, trial["right"])}
+                    kind, condition, target_side, eps, source = _classify(named, manifest)
                     if condition == "catch":
                         p_target = catch_accuracy
                     else:

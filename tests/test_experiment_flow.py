@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
-from experiment.models import Participant, Response, Trial
+from experiment.models import Participant, Response, Stimulus, Trial
 
 
 def count(db, model, **where) -> int:  # type: ignore[no-untyped-def]
@@ -284,6 +284,8 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
     client.get("/api/v1/openapi.json")
 
     assert any("/responses" in path for path, _, _ in seen)
+    with app.extensions["advbias"].db.session() as session:
+        manifest_ids = set(session.scalars(select(Stimulus.stimulus_id)).all())
     questions = {t["question"] for t in trials}
     forbidden_words = re.compile(r"\b(cat|truck|adversarial|flip|noise|clean|eps|budget|pair_key|target)\b", re.I)
     for path, headers, body in seen:
@@ -291,9 +293,10 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
         assert not forbidden_words.search(header_text), (path, header_text)
         if path.startswith("/stimuli/"):
             name = path.split("?")[0].rsplit("/", 1)[1]
-            assert re.fullmatch(r"[0-9a-f]{64}\.png", name)
-            assert hashlib.sha256(body).hexdigest() == name[:-4]  # the URL names the bytes, nothing else
+            assert re.fullmatch(r"[0-9a-f]{32}\.png", name)  # a keyed alias (tests/test_leaks.py)
+            assert hashlib.sha256(body).hexdigest() not in manifest_ids
             assert b"tEXt" not in body and b"iTXt" not in body and b"zTXt" not in body
+            assert "Last-Modified" not in headers and "ETag" not in headers
             continue
         if path.startswith("/api/v1/openapi.json"):
             continue  # the API's own description: names fields, not stimuli
@@ -312,7 +315,8 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
                                "kind", "source", "target_side", "seed", "list"}, (path, keys)
     for t in trials:
         assert set(t) == {"id", "index", "practice", "question", "left", "right", "presentation_ms"}
-        assert re.fullmatch(r"/stimuli/[0-9a-f]{64}\.png", t["left"]) and re.fullmatch(r"/stimuli/[0-9a-f]{64}\.png", t["right"])
+        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{32}}\.png", t["left"])
+        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{32}}\.png", t["right"])
         assert re.fullmatch(r"[0-9a-f]{16}", t["id"])
         assert t["presentation_ms"] == 200
 
@@ -336,6 +340,10 @@ def test_stimulus_urls_resist_path_tricks(client, experiment, participant, insta
         "/stimuli/..%2Fsecret_key_copy.png",
         "/stimuli/" + "A" * 64 + ".png",
         "/stimuli/" + "0" * 64 + ".png",
+        good.rsplit("/", 1)[0] + "/" + "0" * 32 + ".png",
+        good.rsplit("/", 1)[0] + "/../secret_key",
+        "/stimuli/" + good.rsplit("/", 1)[1],
+        "/stimuli/no-such-study/" + good.rsplit("/", 1)[1],
         good.replace(".png", ".PNG"),
         good + "/",
         "/stimuli/secret_key_copy.png",
