@@ -65,7 +65,7 @@ def start_participant(
             session.add(participant)
             session.flush()
             # One bulk INSERT of plain rows (no ORM object per trial): the start is the heaviest call in a burst.
-            session.execute(insert(Trial), [_trial_row(participant.id, i, s) for i, s in enumerate(specs)])
+            session.execute(_INSERT_TRIALS, [_trial_row(participant.id, i, s) for i, s in enumerate(specs)])
         return participant, True
     except IntegrityError:
         if pid is None:
@@ -77,6 +77,10 @@ def start_participant(
             if found is None:
                 raise
             return found, False
+
+
+#: Built once: a Core executemany of plain rows (no ORM object or statement building per start).
+_INSERT_TRIALS = insert(Trial.__table__)
 
 
 def _trial_row(participant_id: int, index: int, s: TrialSpec) -> dict[str, Any]:

@@ -105,7 +105,16 @@ def test_duplicate_prolific_pid_resumes_then_shows_the_code(client, db, experime
     assert count(db, Participant) == 1 and count(db, Response) == 12
 
 
+def _database_concurrency(app) -> None:  # type: ignore[no-untyped-def]
+    """Let 8 starts run at once in this process, so that the database's own locking is what is tested
+    (one process admits one start at a time by default: experiment/admission.py, tests/test_burst.py)."""
+    from experiment.admission import StartGate
+
+    app.extensions["advbias"].start_gate = StartGate(concurrent=8)
+
+
 def test_concurrent_starts_with_one_prolific_pid_make_one_record(app, db, experiment) -> None:  # type: ignore[no-untyped-def]
+    _database_concurrency(app)
     def start(_: int) -> tuple[int, str]:
         reply = app.test_client().post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": "RACE"})
         return reply.status_code, reply.get_json()["token"]
@@ -118,6 +127,7 @@ def test_concurrent_starts_with_one_prolific_pid_make_one_record(app, db, experi
 
 
 def test_lists_fill_evenly_even_under_concurrency(app, db, experiment) -> None:  # type: ignore[no-untyped-def]
+    _database_concurrency(app)
     def start(i: int) -> int:
         reply = app.test_client().post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": f"P{i}"})
         assert reply.status_code == 201
