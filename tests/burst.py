@@ -208,3 +208,26 @@ def report(r: BurstResult) -> str:
         f"  lists {r.lists}; check {r.check}; errors {len(r.errors)}; load average {r.load_average[0]:.1f}",
         *[f"  error: {e}" for e in r.errors[:5]],
     ])
+
+
+def summary(results: list[BurstResult]) -> str:
+    """Median [min - max] per configuration over repeated runs (single runs on a shared machine are noisy)."""
+    import statistics
+
+    groups: dict[str, list[BurstResult]] = collections.defaultdict(list)
+    for r in results:
+        groups[r.backend].append(r)
+
+    def span(values: list[float], fmt: str = "{:.0f}") -> str:
+        return f"{fmt.format(statistics.median(values))} [{fmt.format(min(values))} - {fmt.format(max(values))}]"
+
+    lines = ["summary: median [min - max] over the runs of each configuration"]
+    for name, rs in groups.items():
+        lines.append(
+            f"  {name} ({len(rs)} runs): answer p99 before {span([r.before['p99_ms'] for r in rs], '{:.1f}')} ms, "
+            f"during {span([r.during['p99_ms'] for r in rs], '{:.1f}')} ms, ratio {span([r.ratio for r in rs], '{:.2f}')}; "
+            f"start p50 {span([r.starts['p50_ms'] for r in rs])} ms, p99 {span([r.starts['p99_ms'] for r in rs])} ms; "
+            f"burst {span([r.burst_seconds for r in rs], '{:.2f}')} s; load average "
+            f"{span([r.load_average[0] for r in rs], '{:.1f}')}; lost {sum(r.check.get('lost', 0) for r in rs)}"
+        )
+    return "\n".join(lines)

@@ -289,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "participants answer once a second (tests/burst.py)")
     parser.add_argument("--running", type=int, default=30,
                         help="with --burst: participants already answering (default 30)")
+    parser.add_argument("--concurrent-starts", default="1",
+                        help="with --burst: comma-separated ADVBIAS_CONCURRENT_STARTS values to compare, e.g. 1,64 "
+                        "(64: no effective limit) (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
@@ -388,21 +391,23 @@ class _Databases:
 
 def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], setdir: Path) -> int:
     """``--burst N``: N starts at one instant while ``--running`` participants answer (tests/burst.py)."""
-    from burst import report, run_burst
+    from burst import report, run_burst, summary
 
     results = []
     databases = _Databases(args.postgres_url, args.no_private_postgres)
     try:
+        gates = [int(g) for g in args.concurrent_starts.split(",") if g.strip()]
         for _ in range(args.repeat):
-            for backend, sync in runs:
+            for (backend, sync), gate in [(run, g) for run in runs for g in gates]:
                 instance = Path(tempfile.mkdtemp(prefix=f"burst-{backend}-", dir=args.workdir))
                 url, drop = databases.get(backend, instance)
                 if url is None:
                     continue
                 env = {"ADVBIAS_SQLITE_SYNCHRONOUS": sync} if sync else {}
                 env.update(BENCHMARK_ENV)
+                env["ADVBIAS_CONCURRENT_STARTS"] = str(gate)
                 try:
-                    result = run_burst(f"{backend}{' ' + sync if sync else ''}", url, instance.resolve(),
+                    result = run_burst(f"{backend}{' ' + sync if sync else ''}, {gate} start(s) at once", url, instance.resolve(),
                                        setdir.resolve(), running=args.running, burst=args.burst,
                                        workers=args.workers, threads=args.threads, env=env)
                 finally:
@@ -414,6 +419,8 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
                 print(report(result), flush=True)
     finally:
         databases.close()
+    if args.repeat > 1:
+        print(summary(results))
     out = args.workdir / f"burst-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps([{**r.__dict__, "ratio": r.ratio} for r in results], indent=2))
     print(f"results written to {out}")
