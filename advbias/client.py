@@ -47,7 +47,8 @@ class Reply:
 
 
 class HttpClient:
-    """One keep-alive HTTP/1.1 connection; requests are retried after connection failures.
+    """One keep-alive HTTP/1.1 connection; requests are retried after connection failures, and after
+    a 503 or 429 once the time the server asked for has passed.
 
     ``retry_for`` bounds how long a request keeps being retried (seconds since its first
     attempt): long enough to ride out a server restart, finite so that a dead server ends
@@ -95,6 +96,11 @@ class HttpClient:
                     data = raw.decode("utf-8", "replace")
                 if response.getheader("Connection", "").lower() == "close":
                     self.close()
+                wait = _come_back_after(response.status, data, response.getheader("Retry-After"))
+                if wait is not None and time.monotonic() + wait - first <= self.retry_for:
+                    retries += 1  # the server is busy and said when to come back (experiment/admission.py)
+                    time.sleep(wait)
+                    continue
                 return Reply(response.status, data, {k.lower(): v for k, v in response.getheaders()}, seconds,
                              retries)
             except (OSError, http.client.HTTPException):
@@ -106,6 +112,34 @@ class HttpClient:
                 if retries > 1:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
+
+
+    def fetch(self, path: str) -> bytes:
+        """The raw body of a GET (an image); a status other than 200 is a :class:`CLIError`."""
+        try:
+            conn = self._connection()
+            conn.request("GET", self.prefix + path)
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise CLIError(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}") from None
+        if response.getheader("Connection", "").lower() == "close":
+            self.close()
+        if response.status != 200:
+            raise CLIError(f"GET {path} answered {response.status}")
+        return body
+
+def _come_back_after(status: int, data: Any, retry_after: str | None) -> float | None:
+    """Seconds to wait before repeating a request the server refused for now (503 or 429), else None."""
+    if status not in (429, 503):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("retry_after_ms"), (int, float)):
+        return max(0.0, float(data["retry_after_ms"]) / 1000)
+    try:
+        return max(0.0, float(retry_after or 1))
+    except ValueError:
+        return 1.0
 
 
 class ProtocolError(CLIError):

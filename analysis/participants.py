@@ -30,6 +30,34 @@ def load_stimuli(set_dir: str | Path) -> dict[str, StimulusRow]:
     return {row.stimulus_id: row for row in read_manifest(set_dir)}
 
 
+def pixel_key(png: bytes) -> str:
+    """A name for an image's pixels, whatever its file encoding (the server re-encodes what it delivers)."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        rgb = image.convert("RGB")
+        return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def pixel_index(set_dir: str | Path, stimuli: Mapping[str, StimulusRow]) -> dict[str, str]:
+    """pixel key -> stimulus id for every image of the set.
+
+    Image URLs are keyed aliases that only the server can map to manifest rows, so a
+    synthetic participant, like a person, recognises an image by what it shows: it
+    holds the set, and matches the delivered pixels against it.
+    """
+    index: dict[str, str] = {}
+    for stimulus_id in stimuli:
+        path = Path(set_dir) / "images" / f"{stimulus_id}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} listed in the manifest is missing")
+        index.setdefault(pixel_key(path.read_bytes()), stimulus_id)
+    return index
+
+
 def _mentions(question: str, category: str) -> bool:
     return bool(category) and re.search(rf"(?<![A-Za-z]){re.escape(category)}(?![A-Za-z])", question,
                                         re.IGNORECASE) is not None
@@ -66,14 +94,27 @@ def classify(trial: Mapping[str, Any], stimuli: Mapping[str, StimulusRow]) -> tu
 class Chooser:
     """One synthetic participant's answers: a ``choose`` callable for :class:`advbias.client.Participant`."""
 
-    def __init__(self, model: "_Model", index: int) -> None:
+    def __init__(self, model: "_Model", index: int, client: HttpClient) -> None:
         self.model = model
+        self.client = client
         self.rng = np.random.default_rng([model.seed, 2, index])
         sd = model.participant_sd
         self.u = float(self.rng.normal(0.0, sd)) if sd > 0 else 0.0
 
+    def identify(self, image_url: str) -> str:
+        """The stimulus id of a delivered image, recognised by its pixels (cached per URL)."""
+        seen = self.model.seen
+        if image_url not in seen:
+            key = pixel_key(self.client.fetch(image_url))
+            if key not in self.model.by_pixels:
+                raise CLIError(f"image {image_url} is not in the stimulus set: is --set the set this experiment "
+                               "was created from?")
+            seen[image_url] = self.model.by_pixels[key]
+        return seen[image_url]
+
     def __call__(self, trial: dict[str, Any]) -> tuple[str, float]:
-        _, condition, target_side, eps, source = classify(trial, self.model.stimuli)
+        named = {**trial, "left": self.identify(trial["left"]), "right": self.identify(trial["right"])}
+        _, condition, target_side, eps, source = classify(named, self.model.stimuli)
         if condition == "catch":
             p_target = self.model.catch_accuracy
         else:
@@ -86,9 +127,11 @@ class Chooser:
 class _Model:
     """The study-wide part of the truth: per-cell log-odds and the image effects."""
 
-    def __init__(self, stimuli: dict[str, StimulusRow], bias: BiasSpec, participant_sd: float, image_sd: float,
-                 catch_accuracy: float, seed: int) -> None:
+    def __init__(self, stimuli: dict[str, StimulusRow], by_pixels: dict[str, str], bias: BiasSpec,
+                 participant_sd: float, image_sd: float, catch_accuracy: float, seed: int) -> None:
         self.stimuli, self.bias, self.seed = stimuli, bias, seed
+        self.by_pixels = by_pixels
+        self.seen: dict[str, str] = {}  # image URL -> stimulus id, shared by the participants
         self.participant_sd, self.image_sd, self.catch_accuracy = participant_sd, image_sd, catch_accuracy
         self.total_sd = math.hypot(participant_sd, image_sd)
         sources = sorted({s.source for s in stimuli.values()})
@@ -114,10 +157,10 @@ class _Model:
 
 def _take_part(slug: str, index: int, model: _Model, url: str, timeout: float) -> dict[str, Any]:
     """One participant, start to finish, on its own connection (resumes a participant already started)."""
-    participant = Participant(slug, f"sim-{model.seed}-{index}", study_id="advbias-simulate",
-                              session_id=f"sim{model.seed}x{index}", choose=Chooser(model, index),
-                              debrief="synthetic participant (advbias simulate)")
     client = HttpClient(url, timeout=timeout, retry_for=2.0)
+    participant = Participant(slug, f"sim-{model.seed}-{index}", study_id="advbias-simulate",
+                              session_id=f"sim{model.seed}x{index}", choose=Chooser(model, index, client),
+                              debrief="synthetic participant (advbias simulate)")
     try:
         participant.run(client)
     except ProtocolError as exc:
@@ -155,7 +198,8 @@ def simulate_study(
     if n_participants < 1:
         raise ValueError("--participants must be at least 1")
     HttpClient(url)  # a malformed --url is a one-line error before anything starts
-    model = _Model(load_stimuli(set_dir), bias, participant_sd, image_sd, catch_accuracy, seed)
+    stimuli = load_stimuli(set_dir)
+    model = _Model(stimuli, pixel_index(set_dir, stimuli), bias, participant_sd, image_sd, catch_accuracy, seed)
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     bar = tqdm(total=n_participants, desc="participants", disable=not progress, unit="participant")

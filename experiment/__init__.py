@@ -18,6 +18,8 @@ Configuration (environment variable / key in ``config``):
                                                  HTTPS only; ``0`` for plain-HTTP local use
 ``ADVBIAS_SQLITE_SYNCHRONOUS``                    ``FULL`` (default) or ``NORMAL``: see
                                                  :func:`experiment.db.sqlite_synchronous`
+``ADVBIAS_CONCURRENT_STARTS``                     starts one process runs at once (default 1):
+                                                 see :mod:`experiment.admission`
 ========================  =====================  ==============================================
 """
 from __future__ import annotations
@@ -121,8 +123,11 @@ class AdvbiasState:
     """What the app keeps in ``app.extensions['advbias']``."""
 
     def __init__(self, db: "Database", store: Path) -> None:
+        from experiment.admission import gate_from_env
+
         self.db = db
         self.store = store
+        self.start_gate = gate_from_env()  # experiment/admission.py: bursts of starts never starve answers
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
@@ -169,6 +174,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
     app.register_blueprint(admin.bp)
     _install_headers(app)
     _install_errors(app)
+    from experiment.admission import AdmissionMiddleware
+
+    # Starts pass a gate in front of Flask (experiment/admission.py): bursts of newcomers never starve answers.
+    app.wsgi_app = AdmissionMiddleware(app.wsgi_app, app.extensions["advbias"])  # type: ignore[method-assign]
     return app
 
 

@@ -132,7 +132,8 @@ def openapi():  # type: ignore[no-untyped-def]
 
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "invalid input", 403: "not allowed yet", 404: "unknown experiment, participant or trial",
-            409: "conflict with the stored state", 413: "body too large"}
+            409: "conflict with the stored state", 413: "body too large",
+            503: "too many starts at this moment: retry after retry_after_ms"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for c in codes}
 
@@ -184,7 +185,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [{"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "requestBody": _json_body("Start", required=False),
                 "responses": {"201": _ok("State", "created"), "200": _ok("State", "resumed"),
-                              **_error_responses(400, 403, 404, 413)},
+                              **_error_responses(400, 403, 404, 413, 503)},
             }
         },
         "/api/v1/participants/{token}": {
@@ -229,7 +230,7 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"},
-                      "next_index": {"type": "integer"}}},
+                      "next_index": {"type": "integer"}, "retry_after_ms": {"type": "integer"}}},
             "Start": _field_schema({"prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128),
                                     "session_id": ("str", 0, 128)}, []),
             "Consent": _field_schema({"consent": ("bool", 0, 1)}, []),

@@ -11,6 +11,7 @@ processes write at once:
 """
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any, Optional
 
@@ -61,6 +62,8 @@ class Experiment(Base):
     n_lists: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Secret of this experiment's image URLs (experiment/delivery.py); never leaves the server.
+    delivery_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(32))
 
     stimuli: Mapped[list["Stimulus"]] = relationship(back_populates="experiment", cascade="all, delete-orphan")
 

@@ -3,19 +3,16 @@
 ``/run/<slug>`` is one HTML page whose screens (consent, instructions, browser
 check, practice, trials, breaks, debrief, completion) are driven by
 ``static/run.js`` through the JSON API. The page carries the experiment's texts
-and timings, never anything about targets or budgets. Images are served by
-their opaque content id from the instance's image store.
+and timings, never anything about targets or budgets. Images are served under
+per-experiment keyed aliases in a fixed-length encoding (experiment/delivery.py).
 """
 from __future__ import annotations
 
-import re
+from flask import Blueprint, Response, abort, current_app, render_template
 
-from flask import Blueprint, abort, current_app, render_template, send_from_directory
-
-from experiment import errors, study
+from experiment import delivery, errors, study
 
 bp = Blueprint("pages", __name__)
-STIMULUS_NAME = re.compile(r"^[0-9a-f]{64}\.png$")
 
 
 @bp.get("/")
@@ -53,15 +50,16 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
-@bp.get("/stimuli/<name>")
-def stimulus(name: str):  # type: ignore[no-untyped-def]
-    """An image by content id; immutable, so browsers may cache it for good."""
-    if not STIMULUS_NAME.match(name):
+@bp.get("/stimuli/<slug>/<name>")
+def stimulus(slug: str, name: str):  # type: ignore[no-untyped-def]
+    """An image by its keyed alias (experiment/delivery.py): fixed length, no validators, cached privately."""
+    state = current_app.extensions["advbias"]
+    with state.db.session() as session:
+        stimulus_id = delivery.resolve(session, slug, name)
+    data = delivery.image_bytes(state.store, stimulus_id) if stimulus_id else None
+    if data is None:
         abort(404)
-    store = current_app.extensions["advbias"].store
-    if not (store / name).is_file():
-        abort(404)
-    response = send_from_directory(store, name, mimetype="image/png", max_age=31536000, etag=False,
-                                   last_modified=None)
-    response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    # A plain response: no Last-Modified, no ETag, no conditional or range handling.
+    response = Response(data, mimetype="image/png")
+    response.headers["Cache-Control"] = delivery.CACHE_CONTROL
     return response

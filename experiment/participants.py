@@ -11,11 +11,13 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from experiment.db import Database
+from experiment.design import TrialSpec
+from experiment.delivery import image_url
 from experiment.errors import Forbidden, NotFound
 from experiment.fields import BROWSER_FIELDS, TOKEN_RE, clean_id, validate_fields
 from experiment.models import Experiment, Participant, Trial, utcnow
@@ -62,17 +64,8 @@ def start_participant(
             )
             session.add(participant)
             session.flush()
-            session.add_all(
-                Trial(
-                    public_id=secrets.token_hex(8), participant_id=participant.id, index=i, kind=s.kind,
-                    condition=s.condition, question=s.question, question_target=s.question_target, eps=s.eps,
-                    source=s.source, pair_key=s.pair_key, left_stimulus_id=s.left_stimulus_id,
-                    right_stimulus_id=s.right_stimulus_id, left_target=s.left_target, right_target=s.right_target,
-                    left_condition=s.left_condition, right_condition=s.right_condition, target_side=s.target_side,
-                    presentation_ms=s.presentation_ms,
-                )
-                for i, s in enumerate(specs)
-            )
+            # One bulk INSERT of plain rows (no ORM object per trial): the start is the heaviest call in a burst.
+            session.execute(_INSERT_TRIALS, [_trial_row(participant.id, i, s) for i, s in enumerate(specs)])
         return participant, True
     except IntegrityError:
         if pid is None:
@@ -84,6 +77,21 @@ def start_participant(
             if found is None:
                 raise
             return found, False
+
+
+#: Built once: a Core executemany of plain rows (no ORM object or statement building per start).
+_INSERT_TRIALS = insert(Trial.__table__)
+
+
+def _trial_row(participant_id: int, index: int, s: TrialSpec) -> dict[str, Any]:
+    """One planned trial as a row of the trials table."""
+    return dict(
+        public_id=secrets.token_hex(8), participant_id=participant_id, index=index, kind=s.kind,
+        condition=s.condition, question=s.question, question_target=s.question_target, eps=s.eps, source=s.source,
+        pair_key=s.pair_key, left_stimulus_id=s.left_stimulus_id, right_stimulus_id=s.right_stimulus_id,
+        left_target=s.left_target, right_target=s.right_target, left_condition=s.left_condition,
+        right_condition=s.right_condition, target_side=s.target_side, presentation_ms=s.presentation_ms,
+    )
 
 
 def get_participant(session: Session, token: Any) -> Participant:
@@ -159,15 +167,15 @@ def ready_for_trials(participant: Participant) -> None:
         raise Forbidden("the browser check is needed before the trials")
 
 
-def trial_view(trial: Trial) -> dict[str, Any]:
-    """A trial as the browser sees it: opaque ids and image URLs only, nothing about targets or budgets."""
+def trial_view(trial: Trial, exp: Experiment) -> dict[str, Any]:
+    """A trial as the browser sees it: opaque ids and keyed image aliases only, nothing about targets or budgets."""
     return {
         "id": trial.public_id,
         "index": trial.index,
         "practice": trial.kind == "practice",
         "question": trial.question,
-        "left": f"/stimuli/{trial.left_stimulus_id}.png",
-        "right": f"/stimuli/{trial.right_stimulus_id}.png",
+        "left": image_url(exp, trial.left_stimulus_id),
+        "right": image_url(exp, trial.right_stimulus_id),
         "presentation_ms": trial.presentation_ms,
     }
 
@@ -183,7 +191,9 @@ def list_trials(db: Database, token: Any, start: int | None, count: int) -> dict
             .order_by(Trial.index)
             .limit(count)
         ).all()
+        exp = session.get(Experiment, participant.experiment_id)
+        assert exp is not None
         return {"next_index": participant.next_index, "n_trials": participant.n_trials,
-                "trials": [trial_view(t) for t in trials]}
+                "trials": [trial_view(t, exp) for t in trials]}
 
 

@@ -1,15 +1,19 @@
-"""Importing a stimulus set: its manifest (advbias.manifest), set.json and hash-checked images."""
+"""Importing a stimulus set: its manifest (advbias.manifest), set.json and hash-checked images,
+and the fixed-length encoding in which images are delivered to participants."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
+import struct
+import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
-
 from advbias.manifest import StimulusRow, read_manifest
+
 
 def read_set(setdir: Path) -> tuple[list[StimulusRow], dict[str, Any], str]:
     """The manifest rows, ``set.json`` and the set's hash (sha256 of manifest.csv's bytes).
@@ -51,6 +55,9 @@ def import_images(setdir: Path, rows: Iterable[StimulusRow], store: Path, *, lin
         if hashlib.sha256(data).hexdigest() != row.stimulus_id:
             raise ValueError(f"image {src.name} does not match its sha256: the set is corrupt or was edited")
         dest = store / f"{row.stimulus_id}.png"
+        delivered = delivery_path(store, row.stimulus_id)
+        if not delivered.exists():
+            _write_atomic(delivered, delivery_png(data))
         if dest.exists():
             continue
         tmp = store / f".{row.stimulus_id}.{secrets.token_hex(4)}.tmp"
@@ -63,3 +70,88 @@ def import_images(setdir: Path, rows: Iterable[StimulusRow], store: Path, *, lin
     return added
 
 
+# --------------------------------------------------------------------------- delivery encoding
+
+#: Folder of the store that holds the fixed-length encodings served to participants.
+DELIVERY_DIR = "delivery"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_STORED_BLOCK = 65535  # the largest deflate "stored" (uncompressed) block
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _stored_zlib(raw: bytes) -> bytes:
+    """A zlib stream of deflate stored blocks: its length depends on ``len(raw)`` only, never on the bytes."""
+    out = bytearray(b"\x78\x01")
+    for start in range(0, max(len(raw), 1), _STORED_BLOCK):
+        block = raw[start:start + _STORED_BLOCK]
+        final = start + _STORED_BLOCK >= len(raw)
+        out += bytes([1 if final else 0]) + struct.pack("<HH", len(block), len(block) ^ 0xFFFF) + block
+    out += struct.pack(">I", zlib.adler32(raw))
+    return bytes(out)
+
+
+def delivery_length(width: int, height: int) -> int:
+    """The byte length of every delivered image of this size (8-bit RGB, uncompressed PNG)."""
+    raw = height * (1 + 3 * width)
+    blocks = max(1, -(-raw // _STORED_BLOCK))
+    return len(_PNG_SIGNATURE) + (12 + 13) + (12 + 2 + 5 * blocks + raw + 4) + 12
+
+
+def delivery_png(data: bytes) -> bytes:
+    """Re-encode a PNG as an uncompressed 8-bit RGB PNG whose length depends only on its size.
+
+    Compressed files betray their content: a perturbed image compresses worse than its
+    clean photo, noise worse than a perturbation, and more so at larger budgets, so a
+    participant who compares byte lengths could tell which side holds which condition.
+    Here the pixels are kept exactly; the file has no ancillary chunks (no text, gamma,
+    colour profile or time), one IDAT of deflate stored blocks, and filter type 0 on
+    every row, so every image of a given size has the same length.
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode not in ("RGB", "L"):
+            raise ValueError(f"stimulus images must be RGB or greyscale, not {image.mode}")
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        pixels = rgb.tobytes()
+    stride = 3 * width
+    raw = b"".join(b"\x00" + pixels[y * stride:(y + 1) * stride] for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    encoded = _PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", _stored_zlib(raw)) + _chunk(b"IEND", b"")
+    assert len(encoded) == delivery_length(width, height)
+    return encoded
+
+
+def delivery_path(store: Path, stimulus_id: str) -> Path:
+    """Where the fixed-length encoding of one stored image lives (written on import, or on first use)."""
+    return Path(store) / DELIVERY_DIR / f"{stimulus_id}.png"
+
+
+def _write_atomic(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+
+
+def delivery_bytes(store: Path, stimulus_id: str) -> bytes | None:
+    """The bytes served for a stored image; None if the store does not hold it.
+
+    Stores imported by older versions have no delivery encodings yet: they are made
+    from the stored original on first use (atomically, so concurrent workers agree).
+    """
+    path = delivery_path(store, stimulus_id)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    original = Path(store) / f"{stimulus_id}.png"
+    if not original.is_file():
+        return None
+    data = delivery_png(original.read_bytes())
+    _write_atomic(path, data)
+    return data

@@ -138,7 +138,8 @@
     this.message = (data && data.error) || ("error " + status);
   }
 
-  /* Network failures, 5xx, 408 and 429 are retried with backoff (the page says it is waiting);
+  /* Network failures, 5xx, 408 and 429 are retried with backoff (the page says it is waiting), or
+     after the server's retry_after_ms when it names one (a burst of starts: experiment/admission.py);
      other 4xx answers are final and thrown as ApiError. */
   async function api(method, path, body) {
     var delay = 500;
@@ -163,6 +164,11 @@
         return data;
       }
       waiting.hidden = false;
+      if (res && data && typeof data.retry_after_ms === "number") {
+        // The server is starting many participants and gave this one its moment to come back.
+        await sleep(Math.min(Math.max(data.retry_after_ms, 50), 10000));
+        continue;
+      }
       await sleep(delay);
       delay = Math.min(delay * 2, 8000);
     }

@@ -33,6 +33,10 @@ SET_PARAMS: dict[str, Any] = dict(
     controls=("flip", "noise"), limit=8, seed=0,
 )
 
+#: Server settings for benchmarks: every simulated participant comes from 127.0.0.1, so limits per
+#: address (which protect a real study from floods) must be off here.
+BENCHMARK_ENV: dict[str, str] = {"ADVBIAS_START_LIMIT_PER_ADDRESS": "0"}
+
 # =========================================================================== the benchmark
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -118,7 +122,7 @@ def drive(participants: list[SimulatedParticipant], url: str, concurrency: int, 
                         errors.append(f"{type(exc).__name__}: {exc}"[:300])
                     continue  # this participant is dropped; its acks so far still count
                 t1 = time.monotonic()
-                latency = reply.seconds if due is None else t1 - min(due, t0)
+                latency = t1 - (t0 if due is None else min(due, t0))  # retries included
                 with lock:
                     latencies[kind].append(latency)
                     retries[0] += reply.retries
@@ -173,6 +177,7 @@ def run_load(
     slug = f"load-{uuid.uuid4().hex[:8]}"
     prepare_database(database_url, instance, setdir, slug, dict(config or {"completion_code": "LOADDONE"}))
     env = {"ADVBIAS_SQLITE_SYNCHRONOUS": sqlite_synchronous} if sqlite_synchronous else {}
+    env.update(BENCHMARK_ENV)
     result = LoadResult(backend, participants, concurrency, workers, threads,
                         sqlite_synchronous if backend == "sqlite" else None, rate)
     people = [SimulatedParticipant(slug, f"{slug}-{i:05d}") for i in range(participants)]
@@ -279,6 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run every configuration this many times, interleaved, and summarise (default 1)")
     parser.add_argument("--no-private-postgres", action="store_true",
                         help="skip PostgreSQL instead of starting a private server when --postgres-url has none")
+    parser.add_argument("--burst", type=int, default=0, metavar="N",
+                        help="instead of the load runs: N participants start at one instant while --running "
+                        "participants answer once a second (tests/burst.py)")
+    parser.add_argument("--running", type=int, default=30,
+                        help="with --burst: participants already answering (default 30)")
+    parser.add_argument("--concurrent-starts", default="1",
+                        help="with --burst: comma-separated ADVBIAS_CONCURRENT_STARTS values to compare, e.g. 1,64 "
+                        "(64: no effective limit) (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
@@ -297,42 +310,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     setdir = ensure_stimulus_set(args.stimuli, args.workdir.parent / "loadtest-set")
-    results: list[LoadResult] = []
     runs: list[tuple[str, str | None]] = []
     for backend in backends:
         if backend == "sqlite":
             runs.extend(("sqlite", m.strip().upper()) for m in args.sqlite_synchronous.split(",") if m.strip())
         else:
             runs.append(("postgresql", None))
+    if args.burst:
+        return _main_burst(args, runs, setdir)
+    results: list[LoadResult] = []
     plan = [(run, rate) for _ in range(args.repeat) for run in runs for rate in rates]
-    private: PrivatePostgres | None = None  # started only if --postgres-url has no usable server
+    databases = _Databases(args.postgres_url, args.no_private_postgres)
     try:
         for (backend, sync), rate in plan:
             instance = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=args.workdir))
-            drop = None
-            if backend == "sqlite":
-                url = f"sqlite:///{(instance / 'advbias.db').resolve()}"
-            else:
-                try:
-                    url, drop = _scratch_postgres(private.url if private else args.postgres_url)
-                except Exception as exc:  # psycopg.Error and friends: no usable server there
-                    if private is not None or args.no_private_postgres:
-                        print(f"postgresql: skipped, cannot create a scratch database: {str(exc).splitlines()[0]}")
-                        shutil.rmtree(instance, ignore_errors=True)
-                        continue
-                    print(f"no usable PostgreSQL at {args.postgres_url} ({str(exc).splitlines()[0]}); "
-                          "starting a private server for the benchmark", flush=True)
-                    try:
-                        private = PrivatePostgres()
-                        private.start()
-                        url, drop = _scratch_postgres(private.url)
-                    except Exception as exc2:  # not installed, initdb failed, ...: go on with the other backends
-                        print(f"postgresql: skipped, cannot start a private server: {str(exc2).splitlines()[0]}")
-                        if private is not None:
-                            private.stop()
-                            private = None
-                        shutil.rmtree(instance, ignore_errors=True)
-                        continue
+            url, drop = databases.get(backend, instance)
+            if url is None:
+                shutil.rmtree(instance, ignore_errors=True)
+                continue
             try:
                 result = run_load(backend, url, instance.resolve(), setdir.resolve(), participants=args.participants,
                                   concurrency=args.concurrency, workers=args.workers, threads=args.threads,
@@ -345,12 +340,89 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(result)
             print(_report(result), flush=True)
     finally:
-        if private is not None:
-            private.stop()
+        databases.close()
     if args.repeat > 1:
         print(_summary(results))
     out = args.workdir / f"loadtest-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    print(f"results written to {out}")
+    bad = [r for r in results if r.check.get("lost") or r.check.get("duplicated") or r.errors]
+    return 1 if bad else 0
+
+
+class _Databases:
+    """A database per run: a SQLite file in the run's folder, or a scratch PostgreSQL database.
+
+    PostgreSQL comes from ``--postgres-url``; when that server is missing or refuses, a private
+    server is started once for the whole benchmark (and stopped by :meth:`close`).
+    """
+
+    def __init__(self, postgres_url: str, no_private: bool) -> None:
+        self.postgres_url = postgres_url
+        self.no_private = no_private
+        self.private: PrivatePostgres | None = None
+
+    def get(self, backend: str, instance: Path) -> tuple[str | None, Any]:
+        """(url, drop function or None); url None when PostgreSQL is unavailable (the reason is printed)."""
+        if backend == "sqlite":
+            return f"sqlite:///{(instance / 'advbias.db').resolve()}", None
+        try:
+            return _scratch_postgres(self.private.url if self.private else self.postgres_url)
+        except Exception as exc:  # psycopg.Error and friends: no usable server there
+            if self.private is not None or self.no_private:
+                print(f"postgresql: skipped, cannot create a scratch database: {str(exc).splitlines()[0]}")
+                return None, None
+            print(f"no usable PostgreSQL at {self.postgres_url} ({str(exc).splitlines()[0]}); "
+                  "starting a private server for the benchmark", flush=True)
+        try:
+            self.private = PrivatePostgres()
+            self.private.start()
+            return _scratch_postgres(self.private.url)
+        except Exception as exc2:  # not installed, initdb failed, ...: go on with the other backends
+            print(f"postgresql: skipped, cannot start a private server: {str(exc2).splitlines()[0]}")
+            self.close()
+            return None, None
+
+    def close(self) -> None:
+        if self.private is not None:
+            self.private.stop()
+            self.private = None
+
+
+def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], setdir: Path) -> int:
+    """``--burst N``: N starts at one instant while ``--running`` participants answer (tests/burst.py)."""
+    from burst import report, run_burst, summary
+
+    results = []
+    databases = _Databases(args.postgres_url, args.no_private_postgres)
+    try:
+        gates = [int(g) for g in args.concurrent_starts.split(",") if g.strip()]
+        for _ in range(args.repeat):
+            for (backend, sync), gate in [(run, g) for run in runs for g in gates]:
+                instance = Path(tempfile.mkdtemp(prefix=f"burst-{backend}-", dir=args.workdir))
+                url, drop = databases.get(backend, instance)
+                if url is None:
+                    continue
+                env = {"ADVBIAS_SQLITE_SYNCHRONOUS": sync} if sync else {}
+                env.update(BENCHMARK_ENV)
+                env["ADVBIAS_CONCURRENT_STARTS"] = str(gate)
+                try:
+                    result = run_burst(f"{backend}{' ' + sync if sync else ''}, {gate} start(s) at once", url, instance.resolve(),
+                                       setdir.resolve(), running=args.running, burst=args.burst,
+                                       workers=args.workers, threads=args.threads, env=env)
+                finally:
+                    if drop is not None:
+                        drop()
+                    if not args.keep:
+                        shutil.rmtree(instance, ignore_errors=True)
+                results.append(result)
+                print(report(result), flush=True)
+    finally:
+        databases.close()
+    if args.repeat > 1:
+        print(summary(results))
+    out = args.workdir / f"burst-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps([{**r.__dict__, "ratio": r.ratio} for r in results], indent=2))
     print(f"results written to {out}")
     bad = [r for r in results if r.check.get("lost") or r.check.get("duplicated") or r.errors]
     return 1 if bad else 0

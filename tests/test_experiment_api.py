@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from experiment.db import head_revision
 from experiment.models import Participant, Response
 
 GOOD = {"idempotency_key": "abcdefgh-1234", "response": "left", "rt_ms": 500.0}
@@ -143,4 +144,4 @@ def test_openapi_describes_every_api_route(app, client) -> None:  # type: ignore
     assert response_schema["additionalProperties"] is False
     assert set(response_schema["required"]) == {"trial_id", "idempotency_key", "response", "rt_ms"}
     health = client.get("/api/v1/health").get_json()
-    assert health == {"ok": True, "schema": "0001"}
+    assert health == {"ok": True, "schema": head_revision()}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from conftest import scratch_postgres_database
 from advbias.cli import main
@@ -344,13 +344,22 @@ def test_link_option_symlinks_images(cli, clean_database, stimulus_set, tmp_path
     status, _, err = cli("experiment", "create", "--stimuli", stimulus_set, "--name", "linked", "--link",
                          "--instance", instance, "--database-url", clean_database)
     assert status == 0, err
-    files = sorted((instance / "stimuli").iterdir())
+    files = sorted(f for f in (instance / "stimuli").iterdir() if f.suffix == ".png")
     assert len(files) == 88 and all(f.is_symlink() for f in files)
     assert all(f.resolve().parent == (stimulus_set / "images").resolve() for f in files)
     app = create_app({"DATABASE_URL": clean_database, "INSTANCE_PATH": str(instance), "SECRET_KEY": "k"})
     try:
-        reply = app.test_client().get(f"/stimuli/{files[0].name}")
-        assert reply.status_code == 200 and reply.data == files[0].read_bytes()
+        from PIL import Image
+
+        from experiment.delivery import image_url
+        from experiment.models import Experiment
+
+        with app.extensions["advbias"].db.session() as session:
+            exp = session.scalar(select(Experiment).where(Experiment.slug == "linked"))
+            url = image_url(exp, files[0].stem)
+        reply = app.test_client().get(url)
+        assert reply.status_code == 200
+        assert Image.open(io.BytesIO(reply.data)).tobytes() == Image.open(files[0]).convert("RGB").tobytes()
     finally:
         app.extensions["advbias"].db.dispose()
 

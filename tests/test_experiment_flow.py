@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
-from experiment.models import Participant, Response, Trial
+from experiment.models import Participant, Response, Stimulus, Trial
 
 
 def count(db, model, **where) -> int:  # type: ignore[no-untyped-def]
@@ -105,7 +105,16 @@ def test_duplicate_prolific_pid_resumes_then_shows_the_code(client, db, experime
     assert count(db, Participant) == 1 and count(db, Response) == 12
 
 
+def _database_concurrency(app) -> None:  # type: ignore[no-untyped-def]
+    """Let 8 starts run at once in this process, so that the database's own locking is what is tested
+    (one process admits one start at a time by default: experiment/admission.py, tests/test_burst.py)."""
+    from experiment.admission import StartGate
+
+    app.extensions["advbias"].start_gate = StartGate(concurrent=8)
+
+
 def test_concurrent_starts_with_one_prolific_pid_make_one_record(app, db, experiment) -> None:  # type: ignore[no-untyped-def]
+    _database_concurrency(app)
     def start(_: int) -> tuple[int, str]:
         reply = app.test_client().post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": "RACE"})
         return reply.status_code, reply.get_json()["token"]
@@ -118,6 +127,7 @@ def test_concurrent_starts_with_one_prolific_pid_make_one_record(app, db, experi
 
 
 def test_lists_fill_evenly_even_under_concurrency(app, db, experiment) -> None:  # type: ignore[no-untyped-def]
+    _database_concurrency(app)
     def start(i: int) -> int:
         reply = app.test_client().post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": f"P{i}"})
         assert reply.status_code == 201
@@ -284,6 +294,8 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
     client.get("/api/v1/openapi.json")
 
     assert any("/responses" in path for path, _, _ in seen)
+    with app.extensions["advbias"].db.session() as session:
+        manifest_ids = set(session.scalars(select(Stimulus.stimulus_id)).all())
     questions = {t["question"] for t in trials}
     forbidden_words = re.compile(r"\b(cat|truck|adversarial|flip|noise|clean|eps|budget|pair_key|target)\b", re.I)
     for path, headers, body in seen:
@@ -291,9 +303,10 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
         assert not forbidden_words.search(header_text), (path, header_text)
         if path.startswith("/stimuli/"):
             name = path.split("?")[0].rsplit("/", 1)[1]
-            assert re.fullmatch(r"[0-9a-f]{64}\.png", name)
-            assert hashlib.sha256(body).hexdigest() == name[:-4]  # the URL names the bytes, nothing else
+            assert re.fullmatch(r"[0-9a-f]{32}\.png", name)  # a keyed alias (tests/test_leaks.py)
+            assert hashlib.sha256(body).hexdigest() not in manifest_ids
             assert b"tEXt" not in body and b"iTXt" not in body and b"zTXt" not in body
+            assert "Last-Modified" not in headers and "ETag" not in headers
             continue
         if path.startswith("/api/v1/openapi.json"):
             continue  # the API's own description: names fields, not stimuli
@@ -312,7 +325,8 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
                                "kind", "source", "target_side", "seed", "list"}, (path, keys)
     for t in trials:
         assert set(t) == {"id", "index", "practice", "question", "left", "right", "presentation_ms"}
-        assert re.fullmatch(r"/stimuli/[0-9a-f]{64}\.png", t["left"]) and re.fullmatch(r"/stimuli/[0-9a-f]{64}\.png", t["right"])
+        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{32}}\.png", t["left"])
+        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{32}}\.png", t["right"])
         assert re.fullmatch(r"[0-9a-f]{16}", t["id"])
         assert t["presentation_ms"] == 200
 
@@ -336,6 +350,10 @@ def test_stimulus_urls_resist_path_tricks(client, experiment, participant, insta
         "/stimuli/..%2Fsecret_key_copy.png",
         "/stimuli/" + "A" * 64 + ".png",
         "/stimuli/" + "0" * 64 + ".png",
+        good.rsplit("/", 1)[0] + "/" + "0" * 32 + ".png",
+        good.rsplit("/", 1)[0] + "/../secret_key",
+        "/stimuli/" + good.rsplit("/", 1)[1],
+        "/stimuli/no-such-study/" + good.rsplit("/", 1)[1],
         good.replace(".png", ".PNG"),
         good + "/",
         "/stimuli/secret_key_copy.png",
