@@ -772,7 +772,7 @@ def simulate_study(
         try:
             state = call(http, "POST", f"/api/v1/experiments/{slug}/participants",
                          {"prolific_pid": f"sim-{seed}-{index}", "study_id": "advbias-simulate",
-                          "session_id": uuid4().hex[:16]})
+                          "session_id": f"sim-{seed}-{index}"})  # the same seed resumes the same session
             token = state["token"]
             if state["status"] != "in_progress":
                 return {"status": state["status"], "answered": 0}

@@ -175,17 +175,11 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment_list(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
-    from experiment.models import Experiment, Participant
+    from experiment.monitor import participant_counts
 
     db, _ = _database(args)
     try:
-        with db.session() as s:
-            experiments = s.scalars(select(Experiment).order_by(Experiment.created_at)).all()
-            counts = dict(
-                s.execute(select(Participant.experiment_id, func.count()).group_by(Participant.experiment_id)).all()
-            )
+        experiments, counts = participant_counts(db)
     finally:
         db.dispose()
     if not experiments:
@@ -200,7 +194,7 @@ def cmd_admin_set_password(args: argparse.Namespace) -> int:
     import getpass
     import secrets
 
-    from experiment.admin import set_password
+    from experiment.accounts import set_password
 
     if args.generate:
         password = secrets.token_urlsafe(12)
