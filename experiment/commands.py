@@ -167,6 +167,9 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     if s["excluded_sources"]:
         print(f"  note: {s['excluded_sources']} source image(s) lack some version the design needs and are not used")
     print(f"  completion code: {exp.settings['completion_code']}")
+    who = "PROLIFIC_PID required" if exp.settings.get("require_prolific_pid") else "anonymous starts allowed"
+    print(f"  participants: {who}; an unfinished participant frees their list slot after "
+          f"{exp.settings.get('timeout_minutes', 90)} min")
     base = args.base_url or os.environ.get("ADVBIAS_PUBLIC_URL") or DEFAULT_BASE_URL
     url, prolific = participant_urls(base, exp.slug)
     print(f"  participant URL: {url}")
