@@ -93,8 +93,8 @@ def resume_allowed(found: Participant, study: str | None, sess: str | None, toke
 def _resume(found: Participant, study: str | None, sess: str | None, token: str | None) -> Participant:
     if not resume_allowed(found, study, sess, token):
         raise Conflict(
-            "this PROLIFIC_PID is already taking part in another session: continue in the browser and Prolific "
-            "session you started with"
+            "this PROLIFIC_PID is already taking part in another session: please continue in the browser where "
+            "you started, or write to the researcher through Prolific"
         )
     return found
 
