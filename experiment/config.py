@@ -43,6 +43,7 @@ CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "require_prolific_pid": (bool, None),
     "timeout_minutes": (int, 90),
     "screened_out_frees_slot": (bool, True),
+    "min_median_trial_ms": (int, 0),
 }
 
 DEFAULT_CONSENT = (
@@ -117,6 +118,8 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         redirect.format(code="X")
     except (KeyError, IndexError, ValueError):
         raise ValueError("redirect_url may contain {code} and no other {field}") from None
+    if not 0 <= values["min_median_trial_ms"] <= 600_000:
+        raise ValueError("min_median_trial_ms must be between 0 (off) and 600000")
     if not 1 <= values["timeout_minutes"] <= 7 * 24 * 60:
         raise ValueError("timeout_minutes must be between 1 and 10080 (a week)")
     require_pid = values["require_prolific_pid"]
@@ -155,6 +158,7 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         "require_prolific_pid": require_pid,
         "timeout_minutes": values["timeout_minutes"],
         "screened_out_frees_slot": values["screened_out_frees_slot"],
+        "min_median_trial_ms": values["min_median_trial_ms"],
         "design": jsonable(asdict(design)),
         "config": dict(raw),
     }

@@ -200,6 +200,24 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
     raise conflict
 
 
+def _too_fast(session: Session, participant_id: int, floor_ms: float) -> bool:
+    """True if the median ``server_rt_ms`` of the main and catch trials is below ``floor_ms`` (0: never)."""
+    if floor_ms <= 0:
+        return False
+    times = sorted(
+        session.scalars(
+            select(Response.server_rt_ms)
+            .join(Trial, Trial.id == Response.trial_id)
+            .where(Trial.participant_id == participant_id, Trial.kind != "practice", Response.server_rt_ms.is_not(None))
+        ).all()
+    )
+    if not times:
+        return False
+    middle = len(times) // 2
+    median = times[middle] if len(times) % 2 else (times[middle - 1] + times[middle]) / 2
+    return median < floor_ms
+
+
 def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
     """Record the debrief answer and complete (or screen out) the participant; idempotent."""
     data = validate_fields(payload, {"text": ("str", 0, 5000)}, ())
@@ -222,6 +240,7 @@ def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
             .where(Trial.participant_id == participant.id, Trial.kind == "catch", Response.response != Trial.target_side)
         ) or 0
         screen_out = bool(exp.settings.get("screenout_code")) and failures > exp.settings["max_catch_failures"]
+        screen_out = screen_out or _too_fast(session, participant.id, exp.settings.get("min_median_trial_ms") or 0)
         session.execute(
             update(Participant)
             .where(Participant.id == participant.id, Participant.status == "in_progress")

@@ -73,3 +73,26 @@ def test_identifiers_that_look_like_formulas_are_neutralised_in_the_csv(db, expe
     # Parquet keeps the identifiers as they were sent (no spreadsheet runs Parquet cells)
     frame = pd.read_parquet(io.BytesIO(export_bytes(db, experiment, "parquet")))
     assert frame.loc[0, "prolific_pid"] == "-2-3"
+
+
+def test_min_median_trial_ms_screens_out_a_scripted_client(db, make_experiment, participant) -> None:  # type: ignore[no-untyped-def]
+    slug = make_experiment("guarded", completion_code="REAL", screenout_code="FAST", min_median_trial_ms=1000)
+    bot = participant(slug).prepare()
+    bot.answer_all()
+    state = bot.finish().get_json()
+    assert state["status"] == "screened_out" and state["completion_code"] == "FAST"
+    # a participant who takes the page's time for each trial completes (a short floor stands in for it here)
+    paced_slug = make_experiment("paced", completion_code="REAL", min_median_trial_ms=40)
+    human = participant(paced_slug).prepare()
+    for trial in human.trials():
+        time.sleep(0.05)
+        assert human.answer(trial).status_code == 200
+    assert human.finish().get_json()["completion_code"] == "REAL"
+
+
+def test_without_a_screen_out_code_a_too_fast_client_gets_no_code(make_experiment, participant) -> None:  # type: ignore[no-untyped-def]
+    slug = make_experiment("guarded-nocode", completion_code="REAL", min_median_trial_ms=1000)
+    bot = participant(slug).prepare()
+    bot.answer_all()
+    state = bot.finish().get_json()
+    assert state["status"] == "screened_out" and state["completion_code"] is None
