@@ -251,7 +251,7 @@ def _gunicorn(args: argparse.Namespace) -> None:
     options = {
         "bind": f"{host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "gthread",
+        "worker_class": "experiment.gunicorn_worker.JsonErrorThreadWorker",  # gthread, refusals in JSON
         "threads": args.threads,
         "timeout": 60,
         "graceful_timeout": 20,
