@@ -9,9 +9,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_browser import (  # noqa: F401
     CONFIG, PHASE_LOG, TIMEOUT_MS, LiveStudy, Participant, check_export, chromium, context, shots,
 )
+
+pytestmark = pytest.mark.browser
 
 
 def url(live: LiveStudy, slug: str, pid: str, session: str | None) -> str:
