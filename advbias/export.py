@@ -14,10 +14,14 @@ COLUMNS: tuple[str, ...] = (
     "left_stimulus_id", "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
     "target_side", "response", "chosen_target", "chose_question_target", "response_source", "rt_ms",
     "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz", "fullscreen", "blurred", "blur_events",
-    "server_received_at",
+    "server_received_at", "server_rt_ms",
 )
 INT_COLUMNS = ("list", "seed", "trial_index", "eps", "chose_question_target", "fullscreen", "blurred", "blur_events")
-FLOAT_COLUMNS = ("rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz")
+FLOAT_COLUMNS = ("rt_ms", "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz", "server_rt_ms")
+#: Columns that hold what a participant's URL sent: a CSV writes them so no spreadsheet runs them as a formula.
+UNTRUSTED_TEXT_COLUMNS = ("prolific_pid", "study_id", "session_id")
+#: A cell starting with one of these is a formula to a spreadsheet; the CSV prefixes it with ``'``.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 #: The columns the analysis cannot do without; the others are carried along when present.
 REQUIRED_COLUMNS: tuple[str, ...] = (

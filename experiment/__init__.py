@@ -20,6 +20,11 @@ Configuration (environment variable / key in ``config``):
                                                  :func:`experiment.db.sqlite_synchronous`
 ``ADVBIAS_CONCURRENT_STARTS``                     starts one process runs at once (default 1):
                                                  see :mod:`experiment.admission`
+``ADVBIAS_START_LIMIT``    ``START_LIMIT``        new participants per client address:
+                                                 ``N/SECONDS`` (default ``30/600``); ``0``: none
+``ADVBIAS_TRUSTED_PROXIES`` ``TRUSTED_PROXIES``   reverse proxies in front of the app whose
+                                                 ``X-Forwarded-For/-Proto/-Host`` are believed
+                                                 (default ``0``: none; ``1`` behind one Caddy)
 ========================  =====================  ==============================================
 """
 from __future__ import annotations
@@ -90,8 +95,25 @@ def settings_from_env(overrides: Mapping[str, Any] | None = None) -> dict[str, A
         "DATABASE_URL": database_url,
         "SECRET_KEY": pick("SECRET_KEY"),
         "SECURE_COOKIES": _truthy(pick("SECURE_COOKIES", "1")),
+        "START_LIMIT": str(pick("START_LIMIT", DEFAULT_START_LIMIT)),
+        "TRUSTED_PROXIES": _proxies(pick("TRUSTED_PROXIES", "0")),
         "STIMULUS_STORE": instance / "stimuli",
     }
+
+
+#: New participants per client address: enough for a lab or a household behind one address,
+#: far too few to fill a study's lists with invented PROLIFIC_PIDs.
+DEFAULT_START_LIMIT = "30/600"
+
+
+def _proxies(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"TRUSTED_PROXIES must be a whole number of proxies, not {value!r}") from None
+    if not 0 <= n <= 10:
+        raise ValueError("TRUSTED_PROXIES must be between 0 and 10")
+    return n
 
 
 def stimulus_store(settings: Mapping[str, Any]) -> Path:
@@ -137,6 +159,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
     from experiment.db import Database, check_schema
 
     settings = settings_from_env(config)
+    from experiment.participants import parse_start_limit
+
+    parse_start_limit(settings["START_LIMIT"])  # a bad setting stops the server at start, not at a participant
     app = Flask(
         __name__,
         instance_path=str(settings["INSTANCE_PATH"]),
@@ -178,6 +203,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
 
     # Starts pass a gate in front of Flask (experiment/admission.py): bursts of newcomers never starve answers.
     app.wsgi_app = AdmissionMiddleware(app.wsgi_app, app.extensions["advbias"])  # type: ignore[method-assign]
+    if settings["TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     return app
 
 

@@ -1,13 +1,15 @@
 """The admin pages: login, experiments, participants, live bias, downloads.
 
 Protected by a password (stored as a salted hash, set with ``advbias admin
-set-password``) and a signed, HTTP-only, SameSite=Strict session cookie. Every
-form carries a per-session CSRF token that is checked on each POST, the login
-form included.
+set-password``) and a signed, HTTP-only, SameSite=Strict session cookie that names
+the account's session version (:mod:`experiment.accounts`): logout and a password
+change revoke every copy of it. Failed logins back off per account and per address.
+Every form carries a per-session CSRF token that is checked on each POST, the login
+form included. The views hold no queries: they call :mod:`experiment.accounts` and
+:mod:`experiment.monitor`.
 """
 from __future__ import annotations
 
-import functools
 import hmac
 import io
 import math
@@ -26,37 +28,12 @@ from flask import (
     session,
     url_for,
 )
-from sqlalchemy import case, func, select
-from werkzeug.security import check_password_hash, generate_password_hash
 
-from experiment import errors, fields, study
+from experiment import accounts, errors, monitor
+from experiment.accounts import MIN_PASSWORD_LENGTH, USERNAME, set_password  # noqa: F401  (public names)
 from experiment.db import Database
-from experiment.models import Admin, Experiment, Participant, Response, Trial, utcnow
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-MIN_PASSWORD_LENGTH = 10
-USERNAME = "admin"
-
-
-def set_password(db: Database, password: str, username: str = USERNAME) -> None:
-    """Create or update an admin account; only the hash is stored."""
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if not fields.SLUG_RE.match(username):
-        raise ValueError("the user name must be lowercase letters, digits or '-'")
-    hashed = generate_password_hash(password)
-    with db.write() as s:
-        admin = s.scalar(select(Admin).where(Admin.username == username))
-        if admin is None:
-            s.add(Admin(username=username, password_hash=hashed, updated_at=utcnow()))
-        else:
-            admin.password_hash = hashed
-            admin.updated_at = utcnow()
-
-
-@functools.lru_cache(maxsize=1)
-def _dummy_hash() -> str:
-    return generate_password_hash(secrets.token_hex(16))
 
 
 def _db() -> Database:
@@ -83,71 +60,50 @@ def _guard():  # type: ignore[no-untyped-def]
         expected = session.get("csrf", "")
         if not sent or not expected or not hmac.compare_digest(sent, expected):
             abort(400, description="the form's CSRF token is missing or wrong: reload the page and try again")
-    if request.endpoint != "admin.login" and not session.get("admin"):
+    if request.endpoint == "admin.login":
+        return None
+    if not session.get("admin") or not accounts.session_is_current(_db(), session["admin"], session.get("v")):
+        session.clear()
         return redirect(url_for("admin.login"))
     return None
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():  # type: ignore[no-untyped-def]
-    error = None
-    if request.method == "POST":
-        username = request.form.get("username") or USERNAME
-        password = request.form.get("password", "")
-        admin = None
-        if fields.SLUG_RE.match(username):
-            with _db().session() as s:
-                admin = s.scalar(select(Admin).where(Admin.username == username))
-        # Check a hash even for unknown users so the answer time does not reveal which names exist.
-        stored = admin.password_hash if admin else _dummy_hash()
-        if check_password_hash(stored, password) and admin is not None:
-            session.clear()  # a fresh session (and CSRF token) after login
-            session["admin"] = username
-            session.permanent = True
-            csrf_token()
-            return redirect(url_for("admin.home"))
-        error = "wrong user name or password"
-    return render_template("admin/login.html", error=error), (401 if error else 200)
+    if request.method == "GET":
+        return render_template("admin/login.html", error=None)
+    username = request.form.get("username") or USERNAME
+    result = accounts.authenticate(
+        _db(), current_app.config["SECRET_KEY"], username, request.form.get("password", ""),
+        request.remote_addr or "",
+    )
+    if result.retry_after > 0:
+        wait = math.ceil(result.retry_after)
+        page = render_template("admin/login.html", throttled=wait,
+                               error=f"too many failed logins: try again in {wait} s")
+        return page, 429, {"Retry-After": str(wait)}
+    if result.version is None:
+        return render_template("admin/login.html", error="wrong user name or password"), 401
+    session.clear()  # a fresh session (and CSRF token) after login
+    session["admin"] = username
+    session["v"] = result.version
+    session.permanent = True
+    csrf_token()
+    return redirect(url_for("admin.home"))
 
 
 @bp.post("/logout")
 def logout():  # type: ignore[no-untyped-def]
+    """End this session and every copy of it (the account's session version goes up)."""
+    accounts.end_sessions(_db(), session["admin"])
     session.clear()
     return redirect(url_for("admin.login"))
 
 
 @bp.get("/")
 def home():  # type: ignore[no-untyped-def]
-    with _db().session() as s:
-        experiments = s.scalars(select(Experiment).order_by(Experiment.created_at)).all()
-        counts: dict[int, dict[str, int]] = {}
-        for exp_id, status, n in s.execute(
-            select(Participant.experiment_id, Participant.status, func.count()).group_by(
-                Participant.experiment_id, Participant.status
-            )
-        ):
-            counts.setdefault(exp_id, {})[status] = n
+    experiments, counts = monitor.overview(_db())
     return render_template("admin/home.html", experiments=experiments, counts=counts)
-
-
-def _bias_rows(s, exp: Experiment) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """Proportion of main-trial choices of the image perturbed toward the asked category, per condition and budget."""
-    chose = case((Response.response == Trial.target_side, 1), else_=0)
-    rows = s.execute(
-        select(Trial.condition, Trial.eps, func.count(), func.sum(chose))
-        .join(Response, Response.trial_id == Trial.id)
-        .join(Participant, Participant.id == Trial.participant_id)
-        .where(Participant.experiment_id == exp.id, Trial.kind.in_(("main", "catch")))
-        .group_by(Trial.condition, Trial.eps)
-        .order_by(Trial.condition, Trial.eps)
-    )
-    out = []
-    for condition, eps, n, k in rows:
-        p = (k or 0) / n
-        half = 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / n)
-        out.append({"condition": condition, "eps": eps, "n": n, "p": p, "low": max(0.0, p - half),
-                    "high": min(1.0, p + half)})
-    return out
 
 
 def _chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -176,32 +132,15 @@ def _chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 @bp.get("/experiments/<slug>")
 def experiment(slug: str):  # type: ignore[no-untyped-def]
-    with _db().session() as s:
-        try:
-            exp = study.get_experiment(s, slug)
-        except errors.NotFound:
-            abort(404)
-        participants = s.scalars(
-            select(Participant).where(Participant.experiment_id == exp.id).order_by(Participant.created_at.desc())
-        ).all()
-        by_status: dict[str, int] = {}
-        per_list: dict[int, dict[str, int]] = {i: {} for i in range(exp.n_lists)}
-        for p in participants:
-            by_status[p.status] = by_status.get(p.status, 0) + 1
-            per_list[p.list_index][p.status] = per_list[p.list_index].get(p.status, 0) + 1
-        per_condition = s.execute(
-            select(Trial.kind, Trial.condition, func.count())
-            .join(Response, Response.trial_id == Trial.id)
-            .join(Participant, Participant.id == Trial.participant_id)
-            .where(Participant.experiment_id == exp.id)
-            .group_by(Trial.kind, Trial.condition)
-            .order_by(Trial.kind, Trial.condition)
-        ).all()
-        bias = _bias_rows(s, exp)
+    try:
+        r = monitor.experiment_report(_db(), slug)
+    except errors.NotFound:
+        abort(404)
     return render_template(
-        "admin/experiment.html", exp=exp, participants=participants, by_status=by_status, per_list=per_list,
-        per_condition=per_condition, bias=bias, chart=_chart(bias), summary=exp.settings.get("design_summary", {}),
-        participant_url=url_for("pages.run", slug=exp.slug, _external=True),
+        "admin/experiment.html", exp=r.exp, participants=r.participants, by_status=r.by_status,
+        per_list=r.per_list, per_condition=r.per_condition, bias=r.bias, chart=_chart(r.bias),
+        median_server_rt=r.median_server_rt, summary=r.exp.settings.get("design_summary", {}),
+        participant_url=url_for("pages.run", slug=r.exp.slug, _external=True),
     )
 
 
@@ -210,12 +149,10 @@ def set_active(slug: str):  # type: ignore[no-untyped-def]
     wanted = request.form.get("active")
     if wanted not in ("0", "1"):
         abort(400, description="active must be 0 or 1")
-    with _db().write() as s:
-        try:
-            exp = study.get_experiment(s, slug)
-        except errors.NotFound:
-            abort(404)
-        exp.active = wanted == "1"
+    try:
+        monitor.set_active(_db(), slug, wanted == "1")
+    except errors.NotFound:
+        abort(404)
     return redirect(url_for("admin.experiment", slug=slug))
 
 

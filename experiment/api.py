@@ -16,6 +16,11 @@ from experiment import errors, fields, participants, responses
 from experiment.db import Database, current_revision
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+#: The start call's body: Prolific's three URL parameters and, to resume, the browser's own token.
+START_FIELDS: dict[str, fields.FieldSpec] = {
+    "prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128), "session_id": ("str", 0, 128),
+    "token": ("str", 0, 128),
+}
 
 
 def _db() -> Database:
@@ -42,7 +47,10 @@ def _body(optional: bool = False) -> Any:
 
 @bp.app_errorhandler(errors.StudyError)
 def _study_error(exc: errors.StudyError):  # type: ignore[no-untyped-def]
-    return jsonify(error=exc.message, **exc.extra), exc.status
+    response = jsonify(error=exc.message, **exc.extra)
+    if "retry_after" in exc.extra:
+        response.headers["Retry-After"] = str(int(exc.extra["retry_after"]))
+    return response, exc.status
 
 
 @bp.get("/health")
@@ -53,24 +61,19 @@ def health():  # type: ignore[no-untyped-def]
 
 @bp.post("/experiments/<slug>/participants")
 def start(slug: str):  # type: ignore[no-untyped-def]
-    payload = _body(optional=True)
-    data = fields.validate_fields(
-        payload,
-        {"prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128), "session_id": ("str", 0, 128)},
-        (),
-    )
+    data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
+    limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
+    policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window)
     participant, created = participants.start_participant(
-        _db(), slug, data.get("prolific_pid"), data.get("study_id"), data.get("session_id")
+        _db(), slug, data.get("prolific_pid"), data.get("study_id"), data.get("session_id"),
+        token=data.get("token"), policy=policy,
     )
-    with _db().session() as session:
-        state = participants.participant_state(session, participant)
-    return jsonify(state), 201 if created else 200
+    return jsonify(participants.state_of_participant(_db(), participant)), 201 if created else 200
 
 
 @bp.get("/participants/<token>")
 def state(token: str):  # type: ignore[no-untyped-def]
-    with _db().session() as session:
-        return jsonify(participants.participant_state(session, participants.get_participant(session, token)))
+    return jsonify(participants.state_of(_db(), token))
 
 
 @bp.post("/participants/<token>/consent")
@@ -133,6 +136,7 @@ def openapi():  # type: ignore[no-untyped-def]
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {400: "invalid input", 403: "not allowed yet", 404: "unknown experiment, participant or trial",
             409: "conflict with the stored state", 413: "body too large",
+            429: "too many new participants from this address (header Retry-After)",
             503: "too many starts at this moment: retry after retry_after_ms"}
     return {str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for c in codes}
@@ -181,11 +185,12 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/health": {"get": {"summary": "liveness and schema revision", "responses": {"200": {"description": "OK"}}}},
         "/api/v1/experiments/{slug}/participants": {
             "post": {
-                "summary": "start a participant, or resume the one with this PROLIFIC_PID",
+                "summary": "start a participant, or resume the one with this PROLIFIC_PID (resuming needs the same "
+                "session_id or the participant's token; otherwise 409)",
                 "parameters": [{"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "requestBody": _json_body("Start", required=False),
                 "responses": {"201": _ok("State", "created"), "200": _ok("State", "resumed"),
-                              **_error_responses(400, 403, 404, 413, 503)},
+                              **_error_responses(400, 403, 404, 409, 413, 429, 503)},
             }
         },
         "/api/v1/participants/{token}": {
@@ -231,8 +236,7 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"},
                       "next_index": {"type": "integer"}, "retry_after_ms": {"type": "integer"}}},
-            "Start": _field_schema({"prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128),
-                                    "session_id": ("str", 0, 128)}, []),
+            "Start": _field_schema(START_FIELDS, []),
             "Consent": _field_schema({"consent": ("bool", 0, 1)}, []),
             "BrowserCheck": _field_schema(fields.BROWSER_FIELDS, ["window_width", "window_height"]),
             "Response": _response_schema,

@@ -167,6 +167,9 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     if s["excluded_sources"]:
         print(f"  note: {s['excluded_sources']} source image(s) lack some version the design needs and are not used")
     print(f"  completion code: {exp.settings['completion_code']}")
+    who = "PROLIFIC_PID required" if exp.settings.get("require_prolific_pid") else "anonymous starts allowed"
+    print(f"  participants: {who}; an unfinished participant frees their list slot after "
+          f"{exp.settings.get('timeout_minutes', 90)} min")
     base = args.base_url or os.environ.get("ADVBIAS_PUBLIC_URL") or DEFAULT_BASE_URL
     url, prolific = participant_urls(base, exp.slug)
     print(f"  participant URL: {url}")
@@ -175,17 +178,11 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment_list(args: argparse.Namespace) -> int:
-    from sqlalchemy import func, select
-
-    from experiment.models import Experiment, Participant
+    from experiment.monitor import participant_counts
 
     db, _ = _database(args)
     try:
-        with db.session() as s:
-            experiments = s.scalars(select(Experiment).order_by(Experiment.created_at)).all()
-            counts = dict(
-                s.execute(select(Participant.experiment_id, func.count()).group_by(Participant.experiment_id)).all()
-            )
+        experiments, counts = participant_counts(db)
     finally:
         db.dispose()
     if not experiments:
@@ -200,7 +197,7 @@ def cmd_admin_set_password(args: argparse.Namespace) -> int:
     import getpass
     import secrets
 
-    from experiment.admin import set_password
+    from experiment.accounts import set_password
 
     if args.generate:
         password = secrets.token_urlsafe(12)
@@ -254,7 +251,7 @@ def _gunicorn(args: argparse.Namespace) -> None:
     options = {
         "bind": f"{host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "gthread",
+        "worker_class": "experiment.gunicorn_worker.JsonErrorThreadWorker",  # gthread, refusals in JSON
         "threads": args.threads,
         "timeout": 60,
         "graceful_timeout": 20,

@@ -8,6 +8,7 @@ import string
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 
 from experiment.design import CONDITIONS, DEFAULT_QUESTION, DesignConfig
@@ -39,6 +40,10 @@ CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "debrief_question": (str, "Did anything look unusual to you? (optional)"),
     "min_window_width": (int, 800),
     "min_window_height": (int, 500),
+    "require_prolific_pid": (bool, None),
+    "timeout_minutes": (int, 90),
+    "screened_out_frees_slot": (bool, True),
+    "min_median_trial_ms": (int, 0),
 }
 
 DEFAULT_CONSENT = (
@@ -76,7 +81,7 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
     values: dict[str, Any] = {}
     for key, (kind, default) in CONFIG_KEYS.items():
         value = raw.get(key, default)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+        if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
             raise ValueError(f"config key {key} has the wrong type ({type(value).__name__})")
         values[key] = value
     for key in ("conditions", "pairs"):
@@ -113,6 +118,13 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         redirect.format(code="X")
     except (KeyError, IndexError, ValueError):
         raise ValueError("redirect_url may contain {code} and no other {field}") from None
+    if not 0 <= values["min_median_trial_ms"] <= 600_000:
+        raise ValueError("min_median_trial_ms must be between 0 (off) and 600000")
+    if not 1 <= values["timeout_minutes"] <= 7 * 24 * 60:
+        raise ValueError("timeout_minutes must be between 1 and 10080 (a week)")
+    require_pid = values["require_prolific_pid"]
+    if require_pid is None:  # a study that sends people back to Prolific is taken through Prolific
+        require_pid = (urlsplit(redirect).hostname or "").endswith("prolific.com")
     design = DesignConfig(
         conditions=tuple(values["conditions"]),
         pairs=tuple(values["pairs"]) if values["pairs"] is not None else None,
@@ -143,6 +155,10 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         "debrief_question": values["debrief_question"],
         "min_window_width": values["min_window_width"],
         "min_window_height": values["min_window_height"],
+        "require_prolific_pid": require_pid,
+        "timeout_minutes": values["timeout_minutes"],
+        "screened_out_frees_slot": values["screened_out_frees_slot"],
+        "min_median_trial_ms": values["min_median_trial_ms"],
         "design": jsonable(asdict(design)),
         "config": dict(raw),
     }

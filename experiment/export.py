@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from advbias.export import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
+from advbias.export import COLUMNS, FLOAT_COLUMNS, FORMULA_STARTS, INT_COLUMNS, UNTRUSTED_TEXT_COLUMNS
 from experiment.db import Database
 from experiment.models import Participant, Response, Trial, iso_utc
 from experiment.study import get_experiment
@@ -72,6 +72,7 @@ def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
                     "blurred": int(resp.blurred),
                     "blur_events": resp.blur_events,
                     "server_received_at": iso_utc(resp.server_received_at),
+                    "server_rt_ms": resp.server_rt_ms,
                 }
             )
     return rows
@@ -99,8 +100,16 @@ def export_format(path: Path) -> str:
     return fmt
 
 
+def neutralise_formula(value: str) -> str:
+    """``'-x`` for ``-x``: a spreadsheet opening the CSV shows the text instead of running a formula."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
 def _write(frame, target, fmt: str) -> None:  # type: ignore[no-untyped-def]
     if fmt == "csv":
+        frame = frame.copy()
+        for col in UNTRUSTED_TEXT_COLUMNS:
+            frame[col] = frame[col].map(neutralise_formula)
         frame.to_csv(target, index=False, lineterminator="\n")
     else:
         frame.to_parquet(target, index=False, engine="pyarrow")

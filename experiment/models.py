@@ -119,6 +119,8 @@ class Participant(Base):
     catch_failures: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: When the server stored this participant's latest answer (the start of the next trial's server clock).
+    last_answer_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
 
     experiment: Mapped[Experiment] = relationship()
     trials: Mapped[list["Trial"]] = relationship(
@@ -154,6 +156,8 @@ class Trial(Base):
     right_condition: Mapped[str] = mapped_column(String(16))
     target_side: Mapped[str] = mapped_column(String(5))
     presentation_ms: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    #: When the trial list first handed this trial to the participant's browser.
+    delivered_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
 
     participant: Mapped[Participant] = relationship(back_populates="trials")
     response: Mapped[Optional["Response"]] = relationship(back_populates="trial", uselist=False)
@@ -181,6 +185,8 @@ class Response(Base):
     blurred: Mapped[bool] = mapped_column(Boolean, default=False)
     blur_events: Mapped[int] = mapped_column(Integer, default=0)
     server_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Server time from the later of the trial's delivery and the previous answer to this answer.
+    server_rt_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
 
     trial: Mapped[Trial] = relationship(back_populates="response")
 
@@ -194,6 +200,23 @@ class Admin(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Raised by logout and by a password change: cookies issued under an older version stop working.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class Throttle(Base):
+    """A counter shared by every server process: login failures, participant starts per address.
+
+    ``key`` is a keyed hash (never a raw address or user name); the count applies until
+    ``window_ends``; ``blocked_until`` is set by the login back-off.
+    """
+
+    __tablename__ = "throttle"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    window_ends: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    blocked_until: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def iso_utc(moment: datetime | None) -> str | None:

@@ -22,28 +22,26 @@ def index():  # type: ignore[no-untyped-def]
 
 @bp.get("/run/<slug>")
 def run(slug: str):  # type: ignore[no-untyped-def]
-    state = current_app.extensions["advbias"]
-    with state.db.session() as session:
-        try:
-            exp = study.get_experiment(session, slug)
-        except errors.NotFound:
-            abort(404)
-        settings = exp.settings
-        return render_template(
-            "run.html",
-            slug=exp.slug,
-            title=settings["title"],
-            consent_paragraphs=_paragraphs(settings["consent_text"]),
-            instruction_paragraphs=_paragraphs(settings["instructions_text"]),
-            debrief_question=settings["debrief_question"],
-            timing={
-                "fixation-ms": settings["fixation_ms"],
-                "iti-ms": settings["iti_ms"],
-                "break-every": settings["break_every"],
-                "min-width": settings["min_window_width"],
-                "min-height": settings["min_window_height"],
-            },
-        )
+    try:
+        exp = study.find_experiment(current_app.extensions["advbias"].db, slug)
+    except errors.NotFound:
+        abort(404)
+    settings = exp.settings
+    return render_template(
+        "run.html",
+        slug=exp.slug,
+        title=settings["title"],
+        consent_paragraphs=_paragraphs(settings["consent_text"]),
+        instruction_paragraphs=_paragraphs(settings["instructions_text"]),
+        debrief_question=settings["debrief_question"],
+        timing={
+            "fixation-ms": settings["fixation_ms"],
+            "iti-ms": settings["iti_ms"],
+            "break-every": settings["break_every"],
+            "min-width": settings["min_window_width"],
+            "min-height": settings["min_window_height"],
+        },
+    )
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -5,10 +5,23 @@
   together cannot both see the same least-filled list;
 * a second record for one PROLIFIC_PID is impossible (unique constraint); the
   loser of a race resumes the winner's record.
+
+Identity (who may resume a record): a PROLIFIC_PID alone is public enough (it appears
+in URLs, screenshots, support e-mails) that it must not hand over a participant's
+secret token. A returning client resumes a record only with the browser's own token,
+or with the same Prolific SESSION_ID (and STUDY_ID) the record was started with; any
+other start for a PROLIFIC_PID that already has a record is refused with 409 and never
+sees the token (:func:`resume_allowed`).
+
+Starts: new records are limited per client address (:class:`StartPolicy`, shared by
+every server through :mod:`experiment.throttle`); studies with a Prolific completion
+URL accept only starts that carry a PROLIFIC_PID (``require_prolific_pid``).
 """
 from __future__ import annotations
 
+import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -16,20 +29,91 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from experiment.db import Database
-from experiment.design import TrialSpec
+from experiment import throttle
 from experiment.delivery import image_url
-from experiment.errors import Forbidden, NotFound
+from experiment.design import TrialSpec
+from experiment.errors import Conflict, Forbidden, NotFound, StudyError
 from experiment.fields import BROWSER_FIELDS, TOKEN_RE, clean_id, validate_fields
 from experiment.models import Experiment, Participant, Trial, utcnow
 from experiment.study import get_experiment, list_counts, load_design
 
+
+class TooManyStarts(StudyError):
+    """Too many new participants from one address within the window (HTTP 429)."""
+
+    status = 429
+
+
+@dataclass(frozen=True)
+class StartPolicy:
+    """The per-address limit on new participants: at most ``limit`` per ``window_s`` seconds.
+
+    ``limit = 0`` turns the limit off (the load benchmark and ``advbias simulate`` start
+    hundreds of participants from 127.0.0.1). ``secret`` keys the stored address hash.
+    """
+
+    secret: str
+    address: str
+    limit: int = 0
+    window_s: float = 600.0
+
+    def admit(self, db: Database) -> None:
+        """Count one new participant from this address; raises :class:`TooManyStarts` past the limit."""
+        if self.limit <= 0:
+            return
+        key = throttle.throttle_key(self.secret, "start-addr", self.address)
+        if secrets.randbelow(200) == 0:  # now and then, drop counters of addresses long gone
+            throttle.purge(db)
+        if throttle.hit(db, key, self.window_s) > self.limit:
+            raise TooManyStarts(
+                "too many new participants from this network address: try again later", retry_after=self.window_s
+            )
+
+
+def parse_start_limit(text: str | int | None) -> tuple[int, float]:
+    """``"N/SECONDS"`` (or ``"N"`` for a 600 s window, ``"0"`` for none) as (limit, window_s)."""
+    raw = str(text if text is not None else "0").strip()
+    count, _, window = raw.partition("/")
+    try:
+        limit, seconds = int(count), float(window or 600)
+    except ValueError:
+        raise ValueError(f"start limit {raw!r}: write N/SECONDS, e.g. 30/600, or 0 for none") from None
+    if limit < 0 or seconds <= 0:
+        raise ValueError(f"start limit {raw!r}: N must be >= 0 and SECONDS > 0")
+    return limit, seconds
+
+
+def resume_allowed(found: Participant, study: str | None, sess: str | None, token: str | None) -> bool:
+    """May this start resume ``found``? Only with its token, or with its own SESSION_ID and STUDY_ID."""
+    if token is not None and hmac.compare_digest(token, found.token):
+        return True
+    if found.session_id is None or sess is None or not hmac.compare_digest(sess, found.session_id):
+        return False
+    return found.study_id is None or study == found.study_id
+
+
+def _resume(found: Participant, study: str | None, sess: str | None, token: str | None) -> Participant:
+    if not resume_allowed(found, study, sess, token):
+        raise Conflict(
+            "this PROLIFIC_PID is already taking part in another session: please continue in the browser where "
+            "you started, or write to the researcher through Prolific"
+        )
+    return found
+
+
 def start_participant(
-    db: Database, slug: str, prolific_pid: Any = None, study_id: Any = None, session_id: Any = None
+    db: Database, slug: str, prolific_pid: Any = None, study_id: Any = None, session_id: Any = None,
+    *, token: Any = None, policy: StartPolicy | None = None,
 ) -> tuple[Participant, bool]:
-    """Create a participant (least-filled list, fresh seed) or resume the one with this PROLIFIC_PID."""
+    """Create a participant (least-filled list, fresh seed) or resume the one with this PROLIFIC_PID.
+
+    Resuming needs the participant's token or their SESSION_ID (:func:`resume_allowed`);
+    a new record is counted against ``policy``'s per-address limit.
+    """
     pid = clean_id(prolific_pid, "PROLIFIC_PID")
     study = clean_id(study_id, "STUDY_ID")
     sess = clean_id(session_id, "SESSION_ID")
+    own = clean_id(token, "token")
     with db.session() as session:
         exp = get_experiment(session, slug)
         if pid is not None:
@@ -37,11 +121,15 @@ def start_participant(
                 select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
             )
             if found is not None:
-                return found, False
+                return _resume(found, study, sess, own), False
+        elif exp.settings.get("require_prolific_pid"):
+            raise Forbidden("this study takes part through Prolific: open it from your Prolific study page")
         if not exp.active:
             raise Forbidden("this study is not accepting new participants")
         design = load_design(session, exp)
         exp_id = exp.id
+    if policy is not None:
+        policy.admit(db)
     try:
         with db.write() as session:
             # Serialise assignments within this experiment (a no-op lock on SQLite, which already holds one).
@@ -52,7 +140,7 @@ def start_participant(
                     select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
                 )
                 if found is not None:
-                    return found, False
+                    return _resume(found, study, sess, own), False
             counts = list_counts(session, exp)
             list_index = counts.index(min(counts))
             seed = secrets.randbelow(2**31)
@@ -76,7 +164,7 @@ def start_participant(
             )
             if found is None:
                 raise
-            return found, False
+            return _resume(found, study, sess, own), False
 
 
 #: Built once: a Core executemany of plain rows (no ORM object or statement building per start).
@@ -112,12 +200,13 @@ def participant_state(session: Session, participant: Participant) -> dict[str, A
         select(func.count()).select_from(Trial).where(Trial.participant_id == participant.id, Trial.kind == "practice")
     )
     code = None
-    if participant.status == "completed":
-        code = settings["completion_code"]
-    elif participant.status == "screened_out":
-        code = settings["screenout_code"]
+    if participant.prolific_pid:  # an anonymous participant has no Prolific submission to complete
+        if participant.status == "completed":
+            code = settings["completion_code"]
+        elif participant.status == "screened_out":
+            code = settings["screenout_code"]
     redirect = None
-    if code and participant.prolific_pid:
+    if code:
         redirect = settings["redirect_url"].format(code=code)
     return {
         "token": participant.token,
@@ -131,6 +220,18 @@ def participant_state(session: Session, participant: Participant) -> dict[str, A
         "completion_code": code,
         "redirect_url": redirect,
     }
+
+
+def state_of(db: Database, token: Any) -> dict[str, Any]:
+    """The participant's state (:func:`participant_state`) by token; raises NotFound."""
+    with db.session() as session:
+        return participant_state(session, get_participant(session, token))
+
+
+def state_of_participant(db: Database, participant: Participant) -> dict[str, Any]:
+    """The state of a participant just started or resumed."""
+    with db.session() as session:
+        return participant_state(session, participant)
 
 
 def record_consent(db: Database, token: Any) -> dict[str, Any]:
@@ -180,7 +281,19 @@ def trial_view(trial: Trial, exp: Experiment) -> dict[str, Any]:
     }
 
 
+def _mark_delivered(db: Database, participant: Participant, trials: Any) -> None:
+    """Stamp the first delivery of each unanswered trial (the start of its ``server_rt_ms``)."""
+    fresh = [t.id for t in trials if t.delivered_at is None and t.index >= participant.next_index]
+    if not fresh or participant.status != "in_progress":
+        return
+    with db.write() as session:
+        session.execute(
+            update(Trial).where(Trial.id.in_(fresh), Trial.delivered_at.is_(None)).values(delivered_at=utcnow())
+        )
+
+
 def list_trials(db: Database, token: Any, start: int | None, count: int) -> dict[str, Any]:
+    """A page of the participant's trials; unanswered ones get their delivery time (the server's clock)."""
     with db.session() as session:
         participant = get_participant(session, token)
         ready_for_trials(participant)
@@ -193,6 +306,7 @@ def list_trials(db: Database, token: Any, start: int | None, count: int) -> dict
         ).all()
         exp = session.get(Experiment, participant.experiment_id)
         assert exp is not None
+        _mark_delivered(db, participant, trials)
         return {"next_index": participant.next_index, "n_trials": participant.n_trials,
                 "trials": [trial_view(t, exp) for t in trials]}
 

@@ -7,7 +7,7 @@ stored answer and writes nothing.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
@@ -42,16 +42,36 @@ def _answer_values(trial_public_id: str, index: int, n_trials: int, received_at:
 _P, _T, _R = Participant.__table__, Trial.__table__, Response.__table__
 _FAST_LOOKUP = (
     select(_P.c.id, _P.c.n_trials, _P.c.next_index, _P.c.status, _P.c.consented_at, _P.c.browser,
-           _T.c.id.label("trial_id"), _T.c.index.label("trial_index"))
+           _P.c.last_answer_at, _T.c.id.label("trial_id"), _T.c.index.label("trial_index"), _T.c.delivered_at)
     .select_from(_P.outerjoin(_T, and_(_T.c.participant_id == _P.c.id, _T.c.public_id == bindparam("trial_pid"))))
     .where(_P.c.token == bindparam("token"))
 )
 _FAST_ADVANCE = (
     update(_P)
     .where(_P.c.id == bindparam("b_pid"), _P.c.next_index == bindparam("b_index"))
-    .values(next_index=bindparam("b_index") + 1)
+    .values(next_index=bindparam("b_index") + 1, last_answer_at=bindparam("b_received"))
 )
 _FAST_INSERT = insert(_R)
+
+
+def server_rt_ms(received: datetime, delivered: datetime | None, last_answer: datetime | None) -> float | None:
+    """Milliseconds the server saw for this trial: from the later of its delivery and the previous answer.
+
+    None for a trial that was never delivered through the trial list. The interval
+    holds the page's fixation, presentation, response and inter-trial interval plus
+    network time, so a browser running the study cannot go below the experiment's
+    fixed delays; a scripted client answering at once shows intervals of a few ms.
+    """
+    if delivered is None:
+        return None
+    start = _aware(delivered)
+    if last_answer is not None:
+        start = max(start, _aware(last_answer))
+    return max(0.0, (_aware(received) - start).total_seconds() * 1000.0)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)  # SQLite: naive UTC
 
 
 class _NotSimple(Exception):
@@ -71,6 +91,45 @@ def _replay(session: Session, participant_id: int, n_trials: int, key: str, tria
     return _answer(trial, stored, n_trials)
 
 
+def _store_fast(
+    db: Database, token: str, trial_pid: str, key: str, source: str, data: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Store the answer if it is the simple case; None sends the request to the careful path."""
+    # Fast path (almost every request): the next trial of a ready participant, in one short
+    # transaction of three prebuilt statements. Anything unusual (replay, wrong order, not ready,
+    # a race) falls through to the careful path of record_response, which gives the precise answer.
+    try:
+        with db.write_connection() as conn:
+            row = conn.execute(_FAST_LOOKUP, {"token": token, "trial_pid": trial_pid}).first()
+            if row is None:
+                raise NotFound("unknown participant")
+            if (
+                row.trial_id is None or row.trial_index != row.next_index or row.status != "in_progress"
+                or row.consented_at is None or row.browser is None
+            ):
+                raise _NotSimple
+            received = utcnow()
+            moved = conn.execute(
+                _FAST_ADVANCE, {"b_pid": row.id, "b_index": row.trial_index, "b_received": received}
+            ).rowcount
+            if moved != 1:
+                raise _NotSimple
+            conn.execute(
+                _FAST_INSERT,
+                {
+                    "trial_id": row.trial_id, "participant_id": row.id, "idempotency_key": key,
+                    "response": data["response"], "response_source": source, "rt_ms": data["rt_ms"],
+                    "onset_frame_ms": data.get("onset_frame_ms"), "offset_frame_ms": data.get("offset_frame_ms"),
+                    "fullscreen": bool(data.get("fullscreen")), "blurred": bool(data.get("blurred")),
+                    "blur_events": int(data.get("blur_events") or 0), "server_received_at": received,
+                    "server_rt_ms": server_rt_ms(received, row.delivered_at, row.last_answer_at),
+                },
+            )
+        return _answer_values(trial_pid, row.trial_index, row.n_trials, received)
+    except (_NotSimple, IntegrityError):
+        return None
+
+
 def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, Any], bool]:
     """Store one answer; returns (answer, replayed). Raises NotFound/Conflict/Forbidden/StudyError."""
     data = validate_fields(payload, RESPONSE_FIELDS, ("trial_id", "idempotency_key", "response", "rt_ms"))
@@ -83,36 +142,9 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
     if not isinstance(token, str) or not TOKEN_RE.match(token):
         raise NotFound("unknown participant")
 
-    # Fast path (almost every request): the next trial of a ready participant, in one short
-    # transaction of three prebuilt statements. Anything unusual (replay, wrong order, not ready,
-    # a race) falls through to the careful path below, which gives the precise answer.
-    try:
-        with db.write_connection() as conn:
-            row = conn.execute(_FAST_LOOKUP, {"token": token, "trial_pid": trial_pid}).first()
-            if row is None:
-                raise NotFound("unknown participant")
-            if (
-                row.trial_id is None or row.trial_index != row.next_index or row.status != "in_progress"
-                or row.consented_at is None or row.browser is None
-            ):
-                raise _NotSimple
-            moved = conn.execute(_FAST_ADVANCE, {"b_pid": row.id, "b_index": row.trial_index}).rowcount
-            if moved != 1:
-                raise _NotSimple
-            received = utcnow()
-            conn.execute(
-                _FAST_INSERT,
-                {
-                    "trial_id": row.trial_id, "participant_id": row.id, "idempotency_key": key,
-                    "response": data["response"], "response_source": source, "rt_ms": data["rt_ms"],
-                    "onset_frame_ms": data.get("onset_frame_ms"), "offset_frame_ms": data.get("offset_frame_ms"),
-                    "fullscreen": bool(data.get("fullscreen")), "blurred": bool(data.get("blurred")),
-                    "blur_events": int(data.get("blur_events") or 0), "server_received_at": received,
-                },
-            )
-        return _answer_values(trial_pid, row.trial_index, row.n_trials, received), False
-    except (_NotSimple, IntegrityError):
-        pass
+    fast = _store_fast(db, token, trial_pid, key, source, data)
+    if fast is not None:
+        return fast, False
 
     conflict: StudyError | None = None
     try:
@@ -136,10 +168,11 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
                     f"trials must be answered in order: the next one is {participant.next_index}",
                     next_index=participant.next_index,
                 )
+            received, last_answer = utcnow(), participant.last_answer_at
             moved = session.execute(
                 update(Participant)
                 .where(Participant.id == participant.id, Participant.next_index == trial.index)
-                .values(next_index=trial.index + 1)
+                .values(next_index=trial.index + 1, last_answer_at=received)
             ).rowcount
             if moved != 1:
                 raise Conflict("another answer to this trial was stored first")
@@ -148,7 +181,7 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
                 response_source=source, rt_ms=data["rt_ms"], onset_frame_ms=data.get("onset_frame_ms"),
                 offset_frame_ms=data.get("offset_frame_ms"), fullscreen=bool(data.get("fullscreen")),
                 blurred=bool(data.get("blurred")), blur_events=int(data.get("blur_events") or 0),
-                server_received_at=utcnow(),
+                server_received_at=received, server_rt_ms=server_rt_ms(received, trial.delivered_at, last_answer),
             )
             session.add(response)
             session.flush()
@@ -165,6 +198,24 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
         if replay is not None:
             return replay, True
     raise conflict
+
+
+def _too_fast(session: Session, participant_id: int, floor_ms: float) -> bool:
+    """True if the median ``server_rt_ms`` of the main and catch trials is below ``floor_ms`` (0: never)."""
+    if floor_ms <= 0:
+        return False
+    times = sorted(
+        session.scalars(
+            select(Response.server_rt_ms)
+            .join(Trial, Trial.id == Response.trial_id)
+            .where(Trial.participant_id == participant_id, Trial.kind != "practice", Response.server_rt_ms.is_not(None))
+        ).all()
+    )
+    if not times:
+        return False
+    middle = len(times) // 2
+    median = times[middle] if len(times) % 2 else (times[middle - 1] + times[middle]) / 2
+    return median < floor_ms
 
 
 def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
@@ -189,6 +240,7 @@ def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
             .where(Trial.participant_id == participant.id, Trial.kind == "catch", Response.response != Trial.target_side)
         ) or 0
         screen_out = bool(exp.settings.get("screenout_code")) and failures > exp.settings["max_catch_failures"]
+        screen_out = screen_out or _too_fast(session, participant.id, exp.settings.get("min_median_trial_ms") or 0)
         session.execute(
             update(Participant)
             .where(Participant.id == participant.id, Participant.status == "in_progress")

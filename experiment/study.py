@@ -11,7 +11,9 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from sqlalchemy import func, select
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +23,7 @@ from experiment.design import Design
 from experiment.config import design_config_from_settings, jsonable, resolve_config
 from experiment.errors import NotFound
 from experiment.fields import SLUG_RE
-from experiment.models import Experiment, Participant, Stimulus
+from experiment.models import Experiment, Participant, Stimulus, utcnow
 from experiment.stimulus_set import import_images, read_set
 
 def create_experiment(
@@ -42,7 +44,10 @@ def create_experiment(
     with db.session() as session:
         existing = session.scalar(select(Experiment).where(Experiment.slug == slug))
         if existing is not None:
-            return _same_or_refuse(existing, digest, raw_config), load_design(session, existing), False
+            same = _same_or_refuse(existing, digest, raw_config)
+            # Another machine of the same study (one database, its own instance folder) needs the images too.
+            import_images(Path(setdir), rows, store, link=link)
+            return same, load_design(session, existing), False
 
     import_images(Path(setdir), rows, store, link=link)
     try:
@@ -106,6 +111,12 @@ def load_design(session: Session, exp: Experiment) -> Design:
     return design
 
 
+def find_experiment(db: Database, slug: str) -> Experiment:
+    """The experiment named ``slug`` (detached: its columns stay readable); raises NotFound."""
+    with db.session() as session:
+        return get_experiment(session, slug)
+
+
 def get_experiment(session: Session, slug: str) -> Experiment:
     exp = session.scalar(select(Experiment).where(Experiment.slug == slug)) if SLUG_RE.match(slug or "") else None
     if exp is None:
@@ -113,12 +124,31 @@ def get_experiment(session: Session, slug: str) -> Experiment:
     return exp
 
 
+def counts_toward_list(exp: Experiment, now: datetime | None = None) -> ColumnElement[bool]:
+    """Which participants fill their list's slot.
+
+    Completed ones always; ``in_progress`` ones only until the experiment's
+    ``timeout_minutes`` after their start (an abandoned session frees its slot; the
+    participant may still finish, and then counts again); screened-out ones only if
+    the experiment's ``screened_out_frees_slot`` is off.
+    """
+    settings = exp.settings
+    cutoff = (now or utcnow()) - timedelta(minutes=int(settings.get("timeout_minutes") or 90))
+    rule = or_(
+        Participant.status == "completed",
+        and_(Participant.status == "in_progress", Participant.created_at > cutoff),
+    )
+    if not settings.get("screened_out_frees_slot", True):
+        rule = or_(rule, Participant.status == "screened_out")
+    return rule
+
+
 def list_counts(session: Session, exp: Experiment) -> list[int]:
-    """Participants per list who count toward filling it (in progress or completed)."""
+    """Participants per list who fill a slot (:func:`counts_toward_list`)."""
     counts = [0] * exp.n_lists
     rows = session.execute(
         select(Participant.list_index, func.count())
-        .where(Participant.experiment_id == exp.id, Participant.status != "screened_out")
+        .where(Participant.experiment_id == exp.id, counts_toward_list(exp))
         .group_by(Participant.list_index)
     )
     for list_index, n in rows:

@@ -185,10 +185,12 @@
     var params = new URLSearchParams(location.search);
     var pid = params.get("PROLIFIC_PID");
     if (pid) {
+      /* The server resumes a PROLIFIC_PID only with the same SESSION_ID or this browser's own token. */
       state = await api("POST", "/experiments/" + encodeURIComponent(SLUG) + "/participants", {
         prolific_pid: pid,
         study_id: params.get("STUDY_ID") || null,
         session_id: params.get("SESSION_ID") || null,
+        token: storage("token") || null,
       });
     } else {
       var saved = storage("token");
@@ -205,7 +207,7 @@
       if (!state) state = await api("POST", "/experiments/" + encodeURIComponent(SLUG) + "/participants", {});
     }
     token = state.token;
-    if (!pid) storage("token", token);
+    storage("token", token);
     await flushPending();
     await route();
   }

@@ -29,7 +29,7 @@ import pytest
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-TABLES = ("responses", "trials", "participants", "stimuli", "experiments", "admins")
+TABLES = ("responses", "trials", "participants", "stimuli", "experiments", "admins", "throttle")
 SET_PARAMS: dict[str, Any] = dict(
     images="builtin", pairs=[("cat", "truck")], eps=[2, 16], steps=1, models=["lite0"],
     controls=("flip", "noise"), limit=8, seed=0,
@@ -188,6 +188,7 @@ def app_config(clean_database: str, instance_dir: Path) -> dict[str, Any]:
         "DATABASE_URL": clean_database,
         "INSTANCE_PATH": str(instance_dir),
         "SECRET_KEY": "test-" + secrets.token_hex(8),
+        "START_LIMIT": "0",  # tests start many participants from one address; tests/test_identity.py sets one
     }
 
 
@@ -234,11 +235,18 @@ def experiment(make_experiment: Callable[..., str]) -> str:
 # --------------------------------------------------------------------------- a participant, through the API
 
 class ParticipantDriver:
-    """Drives one participant through the JSON API the way run.js does."""
+    """Drives one participant through the JSON API the way run.js does.
 
-    def __init__(self, client: Any, slug: str, prolific_pid: str | None = None) -> None:
+    Without a ``prolific_pid`` it invents one (studies take part through Prolific by
+    default); ``anonymous=True`` starts without one.
+    """
+
+    def __init__(self, client: Any, slug: str, prolific_pid: str | None = None, anonymous: bool = False) -> None:
         self.client = client
         self.slug = slug
+        if prolific_pid is None and not anonymous:
+            prolific_pid = "P" + secrets.token_hex(8)
+        self.prolific_pid = prolific_pid
         body = {"prolific_pid": prolific_pid, "study_id": "STUDY", "session_id": "SESSION"} if prolific_pid else {}
         response = client.post(f"/api/v1/experiments/{slug}/participants", json=body)
         assert response.status_code in (200, 201), response.get_json()
@@ -290,8 +298,8 @@ class ParticipantDriver:
 
 @pytest.fixture
 def participant(client) -> Callable[..., ParticipantDriver]:  # type: ignore[no-untyped-def]
-    def make(slug: str, prolific_pid: str | None = None) -> ParticipantDriver:
-        return ParticipantDriver(client, slug, prolific_pid)
+    def make(slug: str, prolific_pid: str | None = None, anonymous: bool = False) -> ParticipantDriver:
+        return ParticipantDriver(client, slug, prolific_pid, anonymous)
 
     return make
 

@@ -85,7 +85,9 @@ class ServerProcess:
         """Start the server and wait until ``/api/v1/health`` answers; raises :class:`ServerError`."""
         if self.process is not None and self.process.poll() is None:
             raise ServerError("the server is already running")
-        env = {**os.environ, "ADVBIAS_SECURE_COOKIES": "0", "PYTHONUNBUFFERED": "1", **self.env}
+        # Every simulated participant comes from 127.0.0.1: no per-address start limit unless a test sets one.
+        env = {**os.environ, "ADVBIAS_SECURE_COOKIES": "0", "PYTHONUNBUFFERED": "1", "ADVBIAS_START_LIMIT": "0",
+               **self.env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.starts += 1
         with self.log_path.open("ab") as log:

@@ -99,7 +99,7 @@ def test_text_that_cannot_be_stored_is_refused(client, db, experiment, participa
     reply = client.post(f"/api/v1/experiments/{experiment}/participants",
                         data=b'{"prolific_pid": "\\ud800"}', content_type="application/json")
     assert reply.status_code == 400
-    check = client.post(f"/api/v1/experiments/{experiment}/participants", json={})
+    check = client.post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": "CHECK"})
     token = check.get_json()["token"]
     client.post(f"/api/v1/participants/{token}/consent")
     bad_agent = client.post(f"/api/v1/participants/{token}/browser-check",

@@ -77,13 +77,17 @@ def test_whole_flow(client, db, experiment, participant) -> None:  # type: ignor
     assert p.answer(trials[-1]).status_code == 409
 
 
-def test_anonymous_participants_get_their_own_record(client, db, experiment, participant) -> None:  # type: ignore[no-untyped-def]
-    a, b = participant(experiment), participant(experiment)
+def test_anonymous_participants_get_their_own_record(client, db, make_experiment, participant) -> None:  # type: ignore[no-untyped-def]
+    slug = make_experiment("open", completion_code="DONE-1234", require_prolific_pid=False)
+    a, b = participant(slug, anonymous=True), participant(slug, anonymous=True)
     assert a.token != b.token and a.created and b.created
     assert count(db, Participant) == 2
     a.prepare().answer_all()
-    assert a.finish().get_json()["redirect_url"] is None  # no Prolific id: no Prolific redirect
-    assert a.get_state()["completion_code"] in ("DONE-1234", "OUT-5678")
+    done = a.finish().get_json()
+    assert done["status"] == "completed"
+    # no Prolific id: no Prolific submission, so neither a completion code nor a redirect
+    assert done["redirect_url"] is None and done["completion_code"] is None
+    assert a.get_state()["completion_code"] is None
 
 
 def test_duplicate_prolific_pid_resumes_then_shows_the_code(client, db, experiment, participant) -> None:  # type: ignore[no-untyped-def]
@@ -116,7 +120,7 @@ def _database_concurrency(app) -> None:  # type: ignore[no-untyped-def]
 def test_concurrent_starts_with_one_prolific_pid_make_one_record(app, db, experiment) -> None:  # type: ignore[no-untyped-def]
     _database_concurrency(app)
     def start(_: int) -> tuple[int, str]:
-        reply = app.test_client().post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": "RACE"})
+        reply = app.test_client().post(f"/api/v1/experiments/{experiment}/participants", json={"prolific_pid": "RACE", "session_id": "S1"})
         return reply.status_code, reply.get_json()["token"]
 
     with ThreadPoolExecutor(8) as pool:

@@ -248,7 +248,8 @@ def test_replays_and_foreign_ids_store_nothing(client: Any, db: Any, scene: Scen
         def __init__(self) -> None:
             super().__init__()
             # Each run starts a new participant of the same experiment.
-            self.token = client.post(f"/api/v1/experiments/{scene.slug}/participants", json={}).get_json()["token"]
+            start = {"prolific_pid": uuid.uuid4().hex, "session_id": "S"}
+            self.token = client.post(f"/api/v1/experiments/{scene.slug}/participants", json=start).get_json()["token"]
             assert client.post(f"/api/v1/participants/{self.token}/consent", json={"consent": True}).status_code == 200
             check = {"window_width": 1280, "window_height": 800, "refresh_hz": 60.0}
             assert client.post(f"/api/v1/participants/{self.token}/browser-check", json=check).status_code == 200
@@ -370,7 +371,7 @@ def test_paths_never_escape_the_image_store(client: Any, db: Any, app: Any, scen
 # --------------------------------------------------------------------------- admin
 
 def _login(client: Any, db: Any) -> str:
-    from experiment.admin import set_password
+    from experiment.accounts import set_password
 
     set_password(db, ADMIN_PASSWORD)
     page = client.get("/admin/login").get_data(as_text=True)
@@ -385,7 +386,7 @@ def _login(client: Any, db: Any) -> str:
 def test_admin_survives_hostile_requests(client: Any, db: Any, scene: Scene, logged_in: bool) -> None:
     csrf = _login(client, db) if logged_in else "no-session"
     if not logged_in:
-        from experiment.admin import set_password
+        from experiment.accounts import set_password
 
         set_password(db, ADMIN_PASSWORD)
 
