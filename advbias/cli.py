@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         status = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handling below, not at exit
     except KeyboardInterrupt:
         print("advbias: interrupted", file=sys.stderr)
         return 130
