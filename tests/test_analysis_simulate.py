@@ -73,8 +73,14 @@ def test_synthetic_participants_over_http_then_analysis(
     assert set(zip(table["condition"], table["eps"])) == {("targets", 2), ("targets", 16), ("vs_noise", 2),
                                                          ("vs_noise", 16)}
 
+    # Synthetic participants answer as fast as the server replies: the default server-timing rule
+    # (docs/analysis.md) sees through them and excludes every one ...
+    assert advbias(["analyze", str(export), "--out", str(tmp_path / "default"), "--quiet"]) == 2
+    # ... so their analysis turns that rule off, as a study of bots must.
+    config = tmp_path / "analysis.toml"
+    config.write_text("[exclusions]\nmin_median_server_rt_ms = 0\nmax_rt_over_server_fraction = 1\n")
     out = tmp_path / "report"
-    assert advbias(["analyze", str(export), "--out", str(out), "--quiet"]) == 0
+    assert advbias(["analyze", str(export), "--out", str(out), "--config", str(config), "--quiet"]) == 0
     assert (out / "report.html").stat().st_size > 0
 
     # The same seed resumes the same participants: nothing is answered twice.
