@@ -678,6 +678,17 @@ def _pixel_index(set_dir: Path, manifest: Mapping[str, _Stimulus]) -> dict[str, 
     return index
 
 
+def _busy_wait(reply: Any) -> float | None:
+    """Seconds to wait when the server asks a start to come back later (503 with retry_after_ms), else None."""
+    if reply.status_code != 503:
+        return None
+    try:
+        wait_ms = reply.json().get("retry_after_ms")
+    except (ValueError, AttributeError):
+        return None
+    return float(wait_ms) / 1000 if isinstance(wait_ms, (int, float)) and wait_ms >= 0 else None
+
+
 def _mentions(question: str, category: str) -> bool:
     import re
 
@@ -767,16 +778,24 @@ def simulate_study(
     make_session = session_factory or requests.Session
 
     def call(http: Any, method: str, path: str, body: Any = None) -> Any:
-        for attempt in range(4):
+        attempt = 0
+        busy_until = time.monotonic() + 120.0
+        while attempt < 4:
             try:
                 reply = http.request(method, base + path, json=body, timeout=timeout)
             except requests.RequestException as exc:
                 if attempt == 3:
                     raise CLIError(f"cannot reach {base}: {exc.__class__.__name__}: {exc}") from None
-                time.sleep(0.5 * (attempt + 1))
+                attempt += 1
+                time.sleep(0.5 * attempt)
                 continue
-            if reply.status_code >= 500 and attempt < 3:
-                time.sleep(0.5 * (attempt + 1))
+            wait = _busy_wait(reply)
+            if wait is not None and time.monotonic() + wait < busy_until:
+                time.sleep(wait)  # many participants starting at once: come back when the server says
+                continue
+            attempt += 1
+            if reply.status_code >= 500 and attempt < 4:
+                time.sleep(0.5 * attempt)
                 continue
             try:
                 payload = reply.json()
