@@ -45,11 +45,13 @@ bench: install
 	$(ADVBIAS) bench attack
 
 ## loadtest: web-server load benchmark (not a test): LOAD_PARTICIPANTS simulated participants take the study at
-##           once over HTTP against gunicorn, on SQLite (FULL, NORMAL) and PostgreSQL; see docs/benchmarks.md
+##           once over HTTP against gunicorn, on SQLite (FULL, NORMAL) and PostgreSQL, paced (each participant
+##           answering about once a second) and as fast as answered (saturation); see docs/benchmarks.md.
+##           The burst benchmark: .venv/bin/python tests/loadtest.py --burst 150
 LOAD_PARTICIPANTS ?= 500
 LOADTEST_ARGS ?=
 loadtest: install
-	$(PY) tests/loadtest.py --participants $(LOAD_PARTICIPANTS) $(LOADTEST_ARGS)
+	$(PY) tests/loadtest.py --participants $(LOAD_PARTICIPANTS) --rates $(LOAD_PARTICIPANTS),0 $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

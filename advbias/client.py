@@ -50,12 +50,13 @@ class HttpClient:
     """One keep-alive HTTP/1.1 connection; requests are retried after connection failures, and after
     a 503 or 429 once the time the server asked for has passed.
 
-    ``retry_for`` bounds how long a request keeps being retried (seconds since its first
-    attempt): long enough to ride out a server restart, finite so that a dead server ends
-    the run with an error instead of hanging it.
+    ``retry_for`` bounds how long a request keeps being retried after connection failures
+    (seconds since its first attempt): long enough to ride out a server restart, finite so that
+    a dead server ends the run with an error instead of hanging it. ``busy_for`` bounds how long
+    a request that the server asked to come back later (a burst of starts) keeps coming back.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, retry_for: float = 0.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, retry_for: float = 0.0, busy_for: float = 120.0) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise CLIError(f"--url {url!r}: give an http://HOST[:PORT] address")
@@ -64,6 +65,7 @@ class HttpClient:
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout
         self.retry_for = retry_for
+        self.busy_for = busy_for  # how long a request told to come back later (503, 429) keeps coming back
         self._conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -97,7 +99,7 @@ class HttpClient:
                 if response.getheader("Connection", "").lower() == "close":
                     self.close()
                 wait = _come_back_after(response.status, data, response.getheader("Retry-After"))
-                if wait is not None and time.monotonic() + wait - first <= self.retry_for:
+                if wait is not None and time.monotonic() + wait - first <= max(self.retry_for, self.busy_for):
                     retries += 1  # the server is busy and said when to come back (experiment/admission.py)
                     time.sleep(wait)
                     continue

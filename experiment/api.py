@@ -271,7 +271,7 @@ OPENAPI: dict[str, Any] = {
                     "index": {"type": "integer"},
                     "practice": {"type": "boolean"},
                     "question": {"type": "string"},
-                    "left": {"type": "string", "description": "image URL /stimuli/<opaque id>.png"},
+                    "left": {"type": "string", "description": "image URL /stimuli/<experiment>/<keyed alias>.png"},
                     "right": {"type": "string"},
                     "presentation_ms": {"type": "integer", "nullable": True},
                 },

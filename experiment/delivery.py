@@ -49,15 +49,15 @@ def image_url(exp: Experiment, stimulus_id: str) -> str:
     return f"/stimuli/{exp.slug}/{alias(exp.delivery_key, stimulus_id)}.png"
 
 
-def _alias_map(session: Session, exp: Experiment) -> dict[str, str]:
+def _alias_map(session: Session, exp_id: int, key: str) -> dict[str, str]:
     """alias -> stimulus id for every image of the experiment (cached per process: sets never change)."""
-    cache_key = (str(session.get_bind().url), exp.id, exp.delivery_key)
+    cache_key = (str(session.get_bind().url), exp_id, key)
     with _ALIASES_LOCK:
         found = _ALIASES.get(cache_key)
     if found is not None:
         return found
-    ids = session.scalars(select(Stimulus.stimulus_id).where(Stimulus.experiment_id == exp.id)).all()
-    mapping = {alias(exp.delivery_key, sid): sid for sid in ids}
+    ids = session.scalars(select(Stimulus.stimulus_id).where(Stimulus.experiment_id == exp_id)).all()
+    mapping = {alias(key, sid): sid for sid in ids}
     with _ALIASES_LOCK:
         _ALIASES[cache_key] = mapping
     return mapping
@@ -67,10 +67,10 @@ def resolve(session: Session, slug: str, name: str) -> str | None:
     """The stimulus id behind ``<alias>.png`` in experiment ``slug``; None for anything unknown."""
     if not name.endswith(".png") or not ALIAS_RE.match(name[:-4]):
         return None
-    exp = session.scalar(select(Experiment).where(Experiment.slug == slug))
-    if exp is None:
+    row = session.execute(select(Experiment.id, Experiment.delivery_key).where(Experiment.slug == slug)).first()
+    if row is None:
         return None
-    return _alias_map(session, exp).get(name[:-4])
+    return _alias_map(session, row.id, row.delivery_key).get(name[:-4])
 
 
 def image_bytes(store: Path, stimulus_id: str) -> bytes | None:

@@ -35,7 +35,7 @@ SET_PARAMS: dict[str, Any] = dict(
 
 #: Server settings for benchmarks: every simulated participant comes from 127.0.0.1, so limits per
 #: address (which protect a real study from floods) must be off here.
-BENCHMARK_ENV: dict[str, str] = {"ADVBIAS_START_LIMIT_PER_ADDRESS": "0"}
+BENCHMARK_ENV: dict[str, str] = {"ADVBIAS_START_LIMIT": "0"}
 
 # =========================================================================== the benchmark
 
