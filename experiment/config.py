@@ -73,8 +73,8 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid TOML: {exc}") from None
 
 
-def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]]:
-    """Validate an experiment configuration; returns the design part and every other setting."""
+def _typed_values(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Every known key with its value or default, each of the declared type; unknown keys refused."""
     unknown = sorted(set(raw) - set(CONFIG_KEYS))
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
@@ -89,24 +89,35 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
             raise ValueError(f"config key {key} must be a list of strings")
     if values["budgets"] is not None and not all(type(v) is int for v in values["budgets"]):
         raise ValueError("config key budgets must be a list of integers (8-bit levels)")
+    for cond in values["conditions"]:
+        if cond not in CONDITIONS:
+            raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+    return values
+
+
+def _check_ranges(values: Mapping[str, Any]) -> int | None:
+    """Numbers within their bounds; returns the presentation time in ms (None: until the response)."""
     for key in ("practice_trials", "catch_trials", "fixation_ms", "iti_ms", "break_every"):
         if not 0 <= values[key] <= 100_000:
             raise ValueError(f"config key {key} must be between 0 and 100000")
     if not 0.0 <= float(values["catch_min_prob"]) <= 1.0:
         raise ValueError("catch_min_prob must be between 0 and 1")
+    if not 0 <= values["min_median_trial_ms"] <= 600_000:
+        raise ValueError("min_median_trial_ms must be between 0 (off) and 600000")
+    if not 1 <= values["timeout_minutes"] <= 7 * 24 * 60:
+        raise ValueError("timeout_minutes must be between 1 and 10080 (a week)")
     presentation = values["presentation"]
     if isinstance(presentation, str):
         if presentation != "until_response":
             raise ValueError('presentation must be "until_response" or a duration in milliseconds')
-        presentation_ms = None
-    else:
-        if not 1 <= presentation <= 60_000:
-            raise ValueError("presentation must be between 1 and 60000 milliseconds")
-        presentation_ms = presentation
-    for conds in [values["conditions"]]:
-        for cond in conds:
-            if cond not in CONDITIONS:
-                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+        return None
+    if not 1 <= presentation <= 60_000:
+        raise ValueError("presentation must be between 1 and 60000 milliseconds")
+    return presentation
+
+
+def _completion(values: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """(completion code, redirect URL, whether a PROLIFIC_PID is required), checked."""
     code = values["completion_code"] or "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(8))
     for key, value in (("completion_code", code), ("screenout_code", values["screenout_code"])):
         if value is not None and not CODE_RE.match(value):
@@ -118,13 +129,17 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         redirect.format(code="X")
     except (KeyError, IndexError, ValueError):
         raise ValueError("redirect_url may contain {code} and no other {field}") from None
-    if not 0 <= values["min_median_trial_ms"] <= 600_000:
-        raise ValueError("min_median_trial_ms must be between 0 (off) and 600000")
-    if not 1 <= values["timeout_minutes"] <= 7 * 24 * 60:
-        raise ValueError("timeout_minutes must be between 1 and 10080 (a week)")
     require_pid = values["require_prolific_pid"]
     if require_pid is None:  # a study that sends people back to Prolific is taken through Prolific
         require_pid = (urlsplit(redirect).hostname or "").endswith("prolific.com")
+    return code, redirect, require_pid
+
+
+def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]]:
+    """Validate an experiment configuration; returns the design part and every other setting."""
+    values = _typed_values(raw)
+    presentation_ms = _check_ranges(values)
+    code, redirect, require_pid = _completion(values)
     design = DesignConfig(
         conditions=tuple(values["conditions"]),
         pairs=tuple(values["pairs"]) if values["pairs"] is not None else None,

@@ -25,12 +25,16 @@ import hmac
 import re
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from experiment.models import Experiment, Stimulus
 from experiment.stimulus_set import delivery_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from experiment.db import Database
 
 ALIAS_RE = re.compile(r"^[0-9a-f]{32}$")
 #: Browsers may keep an image for a day; ``private`` keeps shared caches (proxies) out of it.
@@ -71,6 +75,12 @@ def resolve(session: Session, slug: str, name: str) -> str | None:
     if row is None:
         return None
     return _alias_map(session, row.id, row.delivery_key).get(name[:-4])
+
+
+def lookup(db: "Database", slug: str, name: str) -> str | None:
+    """:func:`resolve` in a session of its own (for the image route)."""
+    with db.session() as session:
+        return resolve(session, slug, name)
 
 
 def image_bytes(store: Path, stimulus_id: str) -> bytes | None:

@@ -161,36 +161,8 @@ class Design:
         adversarial = [r for r in stimuli if r.condition == "adversarial"]
         if not adversarial:
             raise ValueError("the stimulus set has no adversarial images")
-
-        for cond in config.conditions:
-            if cond not in CONDITIONS:
-                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
-        if not config.conditions or len(set(config.conditions)) != len(config.conditions):
-            raise ValueError("conditions must list at least one trial type, each once")
-        validate_question(config.question)
-
-        set_pairs = sorted({r.pair for r in adversarial})
-        self.pairs: tuple[str, ...] = tuple(config.pairs) if config.pairs is not None else tuple(set_pairs)
-        for pair in self.pairs:
-            if pair not in set_pairs:
-                raise ValueError(f"pair {pair!r} is not in the stimulus set (it has {', '.join(set_pairs)})")
-        if not self.pairs:
-            raise ValueError("pairs must list at least one category pair")
-        set_budgets = sorted({r.eps for r in adversarial if r.pair in self.pairs})
-        self.budgets: tuple[int, ...] = tuple(config.budgets) if config.budgets is not None else tuple(set_budgets)
-        for eps in self.budgets:
-            if eps not in set_budgets:
-                raise ValueError(
-                    f"budget {eps} is not in the stimulus set (it has {', '.join(map(str, set_budgets))})"
-                )
-        if not self.budgets or len(set(self.budgets)) != len(self.budgets):
-            raise ValueError("budgets must list at least one budget, each once")
-        needs = {"vs_flip": self.images.flip, "vs_noise": self.images.noise}
-        for cond, table in needs.items():
-            if cond in config.conditions and not table:
-                control = OTHER_IMAGE[cond]
-                raise ValueError(f"trial type {cond} needs {control} controls, and the stimulus set has none")
-
+        self._check_conditions(config)
+        self.pairs, self.budgets = self._factors(config, adversarial)
         self.cells: tuple[Cell, ...] = tuple(
             Cell(pair, cond, eps, asked)
             for pair in self.pairs
@@ -209,6 +181,48 @@ class Design:
         all_sources = sorted(self.images.source_name)
         self.sources: tuple[str, ...] = tuple(s for s in all_sources if self._source_usable(s))
         self.excluded_sources = len(all_sources) - len(self.sources)
+        self.n_main = self._main_trials(config)
+        self.catch_pool = self._catch_pool(config)
+
+    def _check_conditions(self, config: DesignConfig) -> None:
+        """Trial types known, each once, with the controls they need; a valid question."""
+        for cond in config.conditions:
+            if cond not in CONDITIONS:
+                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+        if not config.conditions or len(set(config.conditions)) != len(config.conditions):
+            raise ValueError("conditions must list at least one trial type, each once")
+        validate_question(config.question)
+        if config.practice_trials < 0 or config.catch_trials < 0:
+            raise ValueError("practice_trials and catch_trials cannot be negative")
+        needs = {"vs_flip": self.images.flip, "vs_noise": self.images.noise}
+        for cond, table in needs.items():
+            if cond in config.conditions and not table:
+                control = OTHER_IMAGE[cond]
+                raise ValueError(f"trial type {cond} needs {control} controls, and the stimulus set has none")
+
+    @staticmethod
+    def _factors(config: DesignConfig, adversarial: list[StimulusRow]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The category pairs and budgets of the design: those asked for, each present in the set."""
+        set_pairs = sorted({r.pair for r in adversarial})
+        pairs = tuple(config.pairs) if config.pairs is not None else tuple(set_pairs)
+        for pair in pairs:
+            if pair not in set_pairs:
+                raise ValueError(f"pair {pair!r} is not in the stimulus set (it has {', '.join(set_pairs)})")
+        if not pairs:
+            raise ValueError("pairs must list at least one category pair")
+        set_budgets = sorted({r.eps for r in adversarial if r.pair in pairs})
+        budgets = tuple(config.budgets) if config.budgets is not None else tuple(set_budgets)
+        for eps in budgets:
+            if eps not in set_budgets:
+                raise ValueError(
+                    f"budget {eps} is not in the stimulus set (it has {', '.join(map(str, set_budgets))})"
+                )
+        if not budgets or len(set(budgets)) != len(budgets):
+            raise ValueError("budgets must list at least one budget, each once")
+        return pairs, budgets
+
+    def _main_trials(self, config: DesignConfig) -> int:
+        """Main trials per participant: a multiple of the cell count that the usable photos can carry."""
         k = len(self.cells)
         if len(self.sources) < k:
             raise ValueError(
@@ -217,34 +231,34 @@ class Design:
             )
         per_cell_max = len(self.sources) // k
         if config.trials_per_participant is None:
-            self.n_main = per_cell_max * k
-        else:
-            n = config.trials_per_participant
-            if n <= 0 or n % k:
-                raise ValueError(
-                    f"trials_per_participant must be a positive multiple of {k} (the number of design cells) "
-                    f"so that every participant sees each combination equally often; got {n}"
-                )
-            if n > per_cell_max * k:
-                raise ValueError(
-                    f"trials_per_participant {n} needs {n // k} source images per cell, but the set has "
-                    f"{len(self.sources)} usable source images for {k} cells (at most {per_cell_max * k} trials)"
-                )
-            self.n_main = n
-        if config.practice_trials < 0 or config.catch_trials < 0:
-            raise ValueError("practice_trials and catch_trials cannot be negative")
+            return per_cell_max * k
+        n = config.trials_per_participant
+        if n <= 0 or n % k:
+            raise ValueError(
+                f"trials_per_participant must be a positive multiple of {k} (the number of design cells) "
+                f"so that every participant sees each combination equally often; got {n}"
+            )
+        if n > per_cell_max * k:
+            raise ValueError(
+                f"trials_per_participant {n} needs {n // k} source images per cell, but the set has "
+                f"{len(self.sources)} usable source images for {k} cells (at most {per_cell_max * k} trials)"
+            )
+        return n
 
-        self.catch_pool: dict[str, list[StimulusRow]] = defaultdict(list)
+    def _catch_pool(self, config: DesignConfig) -> dict[str, list[StimulusRow]]:
+        """Clean images per category that the ensemble is confident about (catch trials ask about these)."""
+        pool: dict[str, list[StimulusRow]] = defaultdict(list)
         for row in sorted(self.images.clean.values(), key=lambda r: r.source_sha256):
             prob = row.ensemble_category_prob
             if row.ensemble_category and prob is not None and prob >= config.catch_min_prob:
-                self.catch_pool[row.ensemble_category].append(row)
-        if config.catch_trials and len(self.catch_pool) < 2:
+                pool[row.ensemble_category].append(row)
+        if config.catch_trials and len(pool) < 2:
             raise ValueError(
                 f"catch trials need clean images of at least two categories that the ensemble rates "
-                f">= {config.catch_min_prob} (catch_min_prob); the set has {len(self.catch_pool)}: "
+                f">= {config.catch_min_prob} (catch_min_prob); the set has {len(pool)}: "
                 f"lower catch_min_prob or set catch_trials = 0"
             )
+        return pool
 
     # ------------------------------------------------------------------ structure
 

@@ -52,8 +52,7 @@ def _paragraphs(text: str) -> list[str]:
 def stimulus(slug: str, name: str):  # type: ignore[no-untyped-def]
     """An image by its keyed alias (experiment/delivery.py): fixed length, no validators, cached privately."""
     state = current_app.extensions["advbias"]
-    with state.db.session() as session:
-        stimulus_id = delivery.resolve(session, slug, name)
+    stimulus_id = delivery.lookup(state.db, slug, name)
     data = delivery.image_bytes(state.store, stimulus_id) if stimulus_id else None
     if data is None:
         abort(404)
