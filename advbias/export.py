@@ -32,8 +32,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 
 #: Values of ``kind``.
 KINDS: tuple[str, ...] = ("practice", "main", "catch")
-#: Values of ``condition``: the trial types (what is shown beside the image perturbed toward the asked category).
-TRIAL_TYPES: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise", "catch")
+#: The main trial types: what is shown beside the image perturbed toward the asked category
+#: (``targets``: the image perturbed toward the other category; ``vs_X``: the ``X`` control).
+MAIN_TRIAL_TYPES: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise")
+#: Values of ``condition``: the main trial types and ``catch``.
+TRIAL_TYPES: tuple[str, ...] = MAIN_TRIAL_TYPES + ("catch",)
 #: Values of ``participant_status``.
 STATUSES: tuple[str, ...] = ("in_progress", "completed", "screened_out")
 SIDES: tuple[str, ...] = ("left", "right")

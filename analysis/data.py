@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 EXPORT_COLUMNS = COLUMNS
-CONDITIONS = TRIAL_TYPES
 
 #: Columns that hold identifiers or labels (every column the owner types neither as integer nor float):
 #: always read as text so that an id such as ``0012`` or ``1e5`` keeps its exact spelling.
@@ -137,7 +136,7 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     if frame["participant"].isna().any():
         raise ValueError(f"{path}: column 'participant' has {int(frame['participant'].isna().sum())} empty value(s)")
     _check_values(frame, "kind", KINDS, path)
-    _check_values(frame, "condition", CONDITIONS, path)
+    _check_values(frame, "condition", TRIAL_TYPES, path)
     _check_values(frame, "participant_status", STATUSES, path)
     _check_values(frame, "target_side", SIDES, path)
     _check_values(frame, "response", SIDES, path)

@@ -11,7 +11,8 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 
-from experiment.design import CONDITIONS, DEFAULT_QUESTION, DesignConfig
+from advbias.export import MAIN_TRIAL_TYPES
+from experiment.design import DEFAULT_QUESTION, DesignConfig
 from experiment.fields import CODE_RE
 
 #: Every key an experiment's TOML may set, with its type and default.
@@ -90,8 +91,8 @@ def _typed_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     if values["budgets"] is not None and not all(type(v) is int for v in values["budgets"]):
         raise ValueError("config key budgets must be a list of integers (8-bit levels)")
     for cond in values["conditions"]:
-        if cond not in CONDITIONS:
-            raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+        if cond not in MAIN_TRIAL_TYPES:
+            raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(MAIN_TRIAL_TYPES)}")
     return values
 
 

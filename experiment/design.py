@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Iterable, Sequence
 
+from advbias.export import MAIN_TRIAL_TYPES
 from advbias.manifest import StimulusRow, pair_key
 
-CONDITIONS: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise")
 #: The manifest condition of the image shown beside the one perturbed toward the asked category.
 OTHER_IMAGE: dict[str, str] = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
 DEFAULT_QUESTION = "Which image is more {category}-like?"
@@ -187,8 +187,8 @@ class Design:
     def _check_conditions(self, config: DesignConfig) -> None:
         """Trial types known, each once, with the controls they need; a valid question."""
         for cond in config.conditions:
-            if cond not in CONDITIONS:
-                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(CONDITIONS)}")
+            if cond not in MAIN_TRIAL_TYPES:
+                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(MAIN_TRIAL_TYPES)}")
         if not config.conditions or len(set(config.conditions)) != len(config.conditions):
             raise ValueError("conditions must list at least one trial type, each once")
         validate_question(config.question)
