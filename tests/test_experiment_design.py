@@ -6,7 +6,6 @@ design is pure code over manifest rows.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import replace
 from itertools import combinations
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from advbias.manifest import StimulusRow, pair_key, read_manifest
+from advbias.manifest import StimulusRow, read_manifest
+from design_balance import manifest as built_manifest
 from experiment.design import Design, DesignConfig, TrialSpec
 
 SEEDS = (0, 1, 7, 123456, 2**31 - 1)
@@ -171,27 +171,8 @@ def test_missing_controls_are_named(rows: list[StimulusRow]) -> None:
 
 # --------------------------------------------------------------------------- balance on built manifests
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def built_manifest(n_photos: int, pairs: tuple[str, ...], budgets: tuple[int, ...]) -> list[StimulusRow]:
-    """Rows of a complete set (adversarial, flip, noise and clean images) for ``n_photos`` photos."""
-    rows = []
-    for i in range(n_photos):
-        src = f"photo{i:03d}.png"
-        sha = _sha(src)
-        rows.append(StimulusRow(_sha("clean" + src), src, sha, "clean", ensemble_category=("cat", "truck")[i % 2],
-                                ensemble_category_prob=0.9))
-        for pair in pairs:
-            a, b = pair.split(":")
-            for eps in budgets:
-                key = pair_key(sha, a, b, eps)
-                rows.append(StimulusRow(_sha(f"noise{key}"), src, sha, "noise", pair, "", eps, key))
-                for target in (a, b):
-                    for cond in ("adversarial", "flip"):
-                        rows.append(StimulusRow(_sha(f"{cond}{key}{target}"), src, sha, cond, pair, target, eps, key))
-    return rows
+# ``built_manifest``: the rows of a complete set for any number of photos, pairs and budgets
+# (tests/design_balance.py, which also measures the balance).
 
 
 #: (photos, pairs, budgets, trial types, main trials): 1, 2 and 3 trials per cell, photos a multiple of the
