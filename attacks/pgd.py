@@ -7,9 +7,10 @@ program rather than foolbox's loop over epsilons. The engine chooses how to run 
 * **memory layout**: channels_last, which oneDNN (CPU) and cuDNN (GPU) run faster for
   the depthwise/pointwise convolutions of EfficientNets;
 * **chunk size**: CPU caches favour small chunks (throughput drops past ~16 images), GPUs
-  favour large ones; with ``batch_size="auto"`` the first chunks of the real work are run at
-  candidate sizes and timed, and the rest of the work (and later calls on the same model and
-  shape) uses the fastest: choosing costs no pass outside the work (:class:`_ChunkPlan`);
+  favour large ones; with ``batch_size="auto"`` large jobs run their first chunks at candidate
+  sizes and time them, and the rest of the work (and later calls on the same model and shape)
+  uses the fastest; small jobs use the usual best size. Choosing costs no pass outside the
+  work (:class:`_ChunkPlan`);
 * **precision**: bf16 autocast on CUDA, fp32 on CPU (bf16 gave no gain on the CPUs measured).
   The budget is exact whatever the precision, since projection happens in fp32.
 
@@ -208,28 +209,35 @@ def choose_chunk(model: nn.Module, shape: tuple, device: torch.device, *, channe
     return best
 
 
+#: Per device type, the work (image-steps) from which trying chunk sizes on it can pay for the new
+#: shapes' first steps; below it the usual best size runs (docs/benchmarks.md, first call).
+_CHOOSE_FROM = {"cpu": 2_000, "cuda": 20_000}
+
+
 class _ChunkPlan:
     """Chunk sizes for one call, chosen on the real work rather than by extra passes.
 
-    Small jobs (up to 16 images on CPU, 64 on CUDA) run as one chunk. Larger ones run their
-    first chunks at each candidate size in turn (CPU 8, 16, 32; CUDA 64 .. 1024), timing every
-    step after a chunk's first (which pays for the new shape's kernel plans); the fastest
-    per image-step takes the rest of the work and is cached per model and input shape for
-    later calls. With fewer than 3 steps there is nothing to time: the middle candidate runs.
+    Choosing costs something even on the real work: every new chunk shape pays for its kernel
+    plans on its first step. So small jobs do not choose: up to 16 images (CPU) or 64 (CUDA)
+    run as one chunk, and jobs under ``_CHOOSE_FROM`` image-steps run in chunks of the usual
+    best size (8 on CPU, 256 on CUDA). Larger jobs run their first chunks at each candidate
+    size in turn (CPU 8, 16; CUDA 64 .. 1024), timing every step after a chunk's first; the
+    fastest per image-step takes the rest of the work and is cached per model and input shape
+    for later calls.
     """
 
     def __init__(self, n: int, steps: int, key: tuple, device: torch.device) -> None:
         self.n, self.key = n, key
-        small = 16 if device.type == "cpu" else 64
-        cands = (8, 16, 32) if device.type == "cpu" else (64, 128, 256, 512, 1024)
+        cpu = device.type == "cpu"
+        cands = (8, 16) if cpu else (64, 128, 256, 512, 1024)
         self.rates: dict[int, float] = {}
         self.best: int | None = None
-        if n <= small:
+        if n <= (16 if cpu else 64):
             self.best = n
         elif key in _CHUNK_CACHE:
             self.best = _CHUNK_CACHE[key]
-        elif steps < 3:
-            self.best = cands[len(cands) // 2]
+        elif n * steps < _CHOOSE_FROM.get(device.type, 20_000) or steps < 3:
+            self.best = 8 if cpu else 256
         self.todo = [c for c in cands if c <= n] if self.best is None else []
 
     @property
@@ -253,7 +261,7 @@ class _ChunkPlan:
                 self._decide()
 
     def _decide(self) -> None:
-        best, best_rate = min(self.rates, default=16), 0.0
+        best, best_rate = min(self.rates, default=8), 0.0
         for size in sorted(self.rates):
             if self.rates[size] > best_rate * 1.03:  # prefer the smaller chunk unless clearly faster
                 best, best_rate = size, self.rates[size]

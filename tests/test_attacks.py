@@ -244,7 +244,12 @@ def test_translation_invariant_smoothing(samples, lite0):
 _COUNT_PASSES = r"""
 import sys, torch, attacks
 torch.set_num_threads(1)
-model = attacks.load_model("lite0")
+if sys.argv[3] == "lite0":
+    model = attacks.load_model("lite0")
+else:  # a small real convolutional net, so that a job large enough to try chunk sizes stays cheap
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 1000)).eval()
 images = []
 model.register_forward_hook(lambda mod, inp, out: images.append(inp[0].shape[0]))
 x = torch.rand(int(sys.argv[1]), 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -253,21 +258,24 @@ print(sum(images), len(images))
 """
 
 
-@pytest.mark.parametrize("n, steps", [(40, 5), (12, 3), (40, 2)])
-def test_a_fresh_process_call_does_no_calibration_passes(n, steps):
+@pytest.mark.parametrize("n, steps, model", [(32, 5, "lite0"), (12, 3, "lite0"), (40, 2, "lite0"),
+                                             (72, 40, "small-convnet")])
+def test_a_fresh_process_call_does_no_calibration_passes(n, steps, model):
     """batch_size='auto' in a fresh process: every forward pass of the real model is part of the
-    work (n images x steps), whether the job is small (one chunk), large enough to try chunk
-    sizes on its own steps, or too short to time."""
+    work (n images x steps), whether the job is one chunk, small enough to run at the usual
+    chunk size, too short to time, or large enough to try chunk sizes on its own steps."""
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GIT_PYTHON_REFRESH": "quiet"}
-    done = subprocess.run([sys.executable, "-c", _COUNT_PASSES, str(n), str(steps)], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", _COUNT_PASSES, str(n), str(steps), model], capture_output=True,
                           text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     images, passes = (int(v) for v in done.stdout.split())
     assert images == n * steps, f"{images} images forwarded for {n} x {steps} of work ({passes} passes)"
+    if model != "lite0":  # tried 8 then 16 on the work, then ran the rest at the faster: 72 = 8 + 16 + 3 x 16
+        assert passes in (steps * (2 + 3), steps * (2 + 6)), passes
 
 
 def test_the_callers_model_is_left_as_it_was(samples):
@@ -299,3 +307,22 @@ def test_judge_picks_the_more_likely_image_and_ties_split():
     assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-12
     with pytest.raises(ValueError, match="shapes differ"):
         choose(torch.zeros(2), torch.zeros(3))
+
+
+def test_chunk_plan_tries_candidates_on_the_work_then_keeps_the_fastest():
+    from attacks.pgd import _CHUNK_CACHE, _ChunkPlan
+
+    cpu = torch.device("cpu")
+    key = ("test-key", 1)
+    _CHUNK_CACHE.pop(key, None)
+    plan = _ChunkPlan(200, 50, key, cpu)  # 10,000 image-steps: worth trying
+    assert plan.timing and plan.next_size() == 8
+    plan.record(8, 40.0)
+    assert plan.next_size() == 16
+    plan.record(16, 60.0)
+    assert not plan.timing and plan.next_size() == 16 and _CHUNK_CACHE[key] == 16
+    assert _ChunkPlan(200, 50, key, cpu).next_size() == 16  # cached for the next call
+    small = _ChunkPlan(32, 5, ("other", 2), cpu)  # 160 image-steps: not worth a second shape
+    assert not small.timing and small.next_size() == 8
+    assert _ChunkPlan(12, 50, ("other", 3), cpu).next_size() == 12
+    _CHUNK_CACHE.pop(key, None)
