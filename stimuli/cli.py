@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--pairs", required=True, metavar="A:B[,C:D]",
                      help="category pairs, e.g. cat:truck,sheep:chair (categories, ImageNet class names or indices)")
     gen.add_argument("--eps", required=True, metavar="E[,E]", help="budgets in 8-bit levels (1..255), e.g. 2,4,8,16")
-    gen.add_argument("--steps", default=None, help="PGD steps per image (default: the default recipe's, 100)")
+    gen.add_argument("--steps", default=None, help="PGD steps per image (default: the default recipe's, 200)")
     gen.add_argument("--models", default="lite0", metavar="M[,M]",
                      help="models attacked as one ensemble (mean logits); default lite0")
     gen.add_argument("--holdout", default="", metavar="M[,M]",

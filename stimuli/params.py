@@ -28,7 +28,7 @@ AUTO_BATCH = {"cpu": 16, "cuda": 256, "mps": 64}
 
 #: The attack recipe used when none is given: chosen by ``advbias bench transfer``
 #: (docs/benchmarks.md, section "Transfer"; docs/stimuli.md says what to expect).
-DEFAULT_RECIPE: dict[str, Any] = {"steps": 100, "loss": "logit", "momentum": 1.0, "input_diversity": 0.7,
+DEFAULT_RECIPE: dict[str, Any] = {"steps": 200, "loss": "logit", "momentum": 1.0, "input_diversity": 0.7,
                                   "ti_kernel": 5, "step_ratio": 0.125}
 
 
