@@ -383,23 +383,27 @@ def linf_pgd(
     options = dict(steps=steps, loss=loss, momentum=float(momentum), input_diversity=float(input_diversity),
                    kernel=kernel, gen=gen, device=dev, fmt=torch.channels_last if channels_last else torch.contiguous_format,
                    autocast_dtype=autocast_dtype, bar=bar or None)
-    out = torch.empty_like(x)
     try:
-        lo = 0
-        while lo < n:
-            size = chunks.next_size() if chunks is not None else batch_size
-            hi = min(lo + size, n)
-            timed = chunks is not None and chunks.timing and hi - lo == size
-            adv, rate = _attack_chunk(model, x[lo:hi], spec[lo:hi].to(dev), eps_t[lo:hi], step_t[lo:hi],
-                                      start=None if start is None else start[lo:hi], timed=timed, **options)
-            out[lo:hi] = adv.to(x.device, x.dtype)
-            if chunks is not None:
-                chunks.record(size, rate if timed else None)
-            lo = hi
+        return _run_chunks(model, x, spec.to(dev), eps_t, step_t, start, chunks, batch_size, options)
     finally:
         _restore_layout(model, held)
         if own_bar:
             bar.close()
+
+
+def _run_chunks(model, x, spec, eps_t, step_t, start, chunks: _ChunkPlan | None, batch_size, options) -> torch.Tensor:
+    """The attack, chunk after chunk, at the sizes the plan gives (or ``batch_size``)."""
+    n, out, lo = x.shape[0], torch.empty_like(x), 0
+    while lo < n:
+        size = chunks.next_size() if chunks is not None else batch_size
+        hi = min(lo + size, n)
+        timed = chunks is not None and chunks.timing and hi - lo == size
+        adv, rate = _attack_chunk(model, x[lo:hi], spec[lo:hi], eps_t[lo:hi], step_t[lo:hi],
+                                  start=None if start is None else start[lo:hi], timed=timed, **options)
+        out[lo:hi] = adv.to(x.device, x.dtype)
+        if chunks is not None:
+            chunks.record(size, rate if timed else None)
+        lo = hi
     return out
 
 
