@@ -15,8 +15,9 @@ from typing import Any
 
 _EXPORTS = {
     "models": ("BUNDLED", "Ensemble", "ImageNetClassifier", "fold_batchnorm", "load_ensemble", "load_model"),
-    "pgd": ("category_probabilities", "choose_chunk", "linf_pgd", "prepare_model", "quantization_check", "quantize",
+    "pgd": ("category_probabilities", "choose_chunk", "class_probabilities", "gaussian_kernel", "linf_pgd", "prepare_model", "quantization_check", "quantize",
             "target_probability", "target_scores"),
+    "judge": ("choose", "wilson_interval"),
     "targets": ("NUM_CLASSES", "TargetSpec", "categories", "class_name", "is_category", "load_user_categories",
                 "resolve_target", "target_spec"),
 }

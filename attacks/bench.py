@@ -158,3 +158,69 @@ def main(args) -> int:
         with open(args.out, "w") as f:
             json.dump({**result, "markdown": table}, f, indent=2)
     return 0
+
+
+# --------------------------------------------------------------------------- cold calls
+
+
+def cold_child(method: str, model: str, images: int, eps_levels: list[int], targets: list[int], steps: int,
+               threads: int | None) -> dict:
+    """One attack call in this (fresh) process: the model and photos are loaded untimed, the call is timed."""
+    if threads:
+        torch.set_num_threads(threads)
+    u8, _ = imagenet_samples(224)  # imports foolbox for both methods, untimed
+    combos = [(e, t) for e in eps_levels for t in targets]
+    x = u8[:images].repeat(len(combos), 1, 1, 1).float() / 255
+    eps = torch.tensor([e for e, _ in combos for _ in range(images)], dtype=torch.float32) / 255
+    tgt = torch.tensor([t for _, t in combos for _ in range(images)])
+    net = load_model(model)
+    t0 = time.perf_counter()
+    if method == "engine":
+        linf_pgd(net, x, tgt, eps, steps=steps, device="cpu")
+    elif method == "calibrated":  # the engine as it chose chunks before: timed extra passes first
+        prepare_model(net, torch.device("cpu"), True)
+        chunk = choose_chunk(net, tuple(x.shape), torch.device("cpu"))
+        linf_pgd(net, x, tgt, eps, steps=steps, device="cpu", batch_size=chunk)
+    else:
+        linf_pgd_foolbox(net, x, tgt, eps, steps=steps, device="cpu")
+    return {"method": method, "seconds": time.perf_counter() - t0, "image_steps": x.shape[0] * steps}
+
+
+_COLD_METHODS = {"engine": "engine", "engine, calibrating first": "calibrated", "foolbox+folded": "foolbox"}
+
+
+def cold(*, model: str = "lite0", images: int = 4, eps_levels=(2, 4, 8, 16), targets=(281, 867), steps: int = 5,
+         rounds: int = 3, threads: int | None = None) -> dict:
+    """The first call in a fresh process, engine (defaults: chunk chosen on the work) vs foolbox on the same
+    folded model, each method in its own new process, alternating, ``rounds`` times; the median counts."""
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GIT_PYTHON_REFRESH": "quiet"}
+    runs: dict[str, list[float]] = {"engine": [], "engine, calibrating first": [], "foolbox+folded": []}
+    for _ in range(rounds):
+        for method in runs:
+            code = ("import json; from attacks.bench import cold_child; print(json.dumps(cold_child("
+                    f"{_COLD_METHODS[method]!r}, {model!r}, {images}, {list(eps_levels)}, {list(targets)}, {steps}, "
+                    f"{threads!r})))")
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+            runs[method].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"work": f"{images} images x {len(targets)} targets x {len(eps_levels)} budgets x {steps} steps, {model}",
+            "runs": runs, "median_seconds": med, "engine_speedup": med["foolbox+folded"] / med["engine"]}
+
+
+def main_cold(args) -> int:
+    result = cold(model=args.model, images=args.images, eps_levels=[int(e) for e in args.eps.split(",")],
+                  targets=[int(t) for t in args.targets.split(",")], steps=args.steps, rounds=args.rounds,
+                  threads=args.threads)
+    print(f"Cold (fresh process) first call, {result['work']}:")
+    for method, secs in result["runs"].items():
+        print(f"  {method}: " + ", ".join(f"{s:.2f} s" for s in secs) + f"  (median {result['median_seconds'][method]:.2f} s)")
+    print(f"  engine speed-up: {result['engine_speedup']:.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

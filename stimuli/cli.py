@@ -1,4 +1,4 @@
-"""``advbias stimuli generate | report | verify``.
+"""``advbias stimuli generate | observe | report | verify``.
 
 Kept free of torch imports at module level so that ``advbias --help`` stays fast; the
 handlers import the heavy modules when they run.
@@ -8,19 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-
-def _whole(value: str | None, option: str, minimum: int) -> int | None:
-    """Parse a whole-number option in the handler, so that a bad value is one error line."""
-    if value is None:
-        return None
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"{option} must be a whole number, got {value!r}") from None
-    if number < minimum:
-        raise ValueError(f"{option} must be at least {minimum}, got {number}")
-    return number
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--pairs", required=True, metavar="A:B[,C:D]",
                      help="category pairs, e.g. cat:truck,sheep:chair (categories, ImageNet class names or indices)")
     gen.add_argument("--eps", required=True, metavar="E[,E]", help="budgets in 8-bit levels (1..255), e.g. 2,4,8,16")
-    gen.add_argument("--steps", default="100", help="PGD steps per image (default 100)")
+    gen.add_argument("--steps", default=None, help="PGD steps per image (default: the default recipe's, 200)")
     gen.add_argument("--models", default="lite0", metavar="M[,M]",
                      help="models attacked as one ensemble (mean logits); default lite0")
     gen.add_argument("--holdout", default="", metavar="M[,M]",
@@ -58,11 +45,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--limit", default=None, metavar="N",
                      help="use only the first N readable photos in sorted order (for demos and tests)")
     gen.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    gen.add_argument("--loss", default=None, metavar="logit|logodds|ce|auto",
+                     help="attack objective (default: the default recipe's, logit; see docs/stimuli.md)")
+    gen.add_argument("--momentum", default=None, metavar="MU",
+                     help="MI-FGSM momentum decay in [0, 1], 0 for none (default: the default recipe's, 1.0)")
+    gen.add_argument("--input-diversity", default=None, metavar="P",
+                     help="DI-FGSM probability of a random resize-and-pad per step (default: the default recipe's, 0.7)")
+    gen.add_argument("--ti-kernel", default=None, metavar="K",
+                     help="TI-FGSM Gaussian gradient smoothing, odd kernel size in pixels, 0 for none "
+                          "(default: the default recipe's, 5)")
+    gen.add_argument("--step-ratio", default=None, metavar="R|madry",
+                     help="step size as a fraction of eps, e.g. 0.125 = eps/8 per step (never less than 2.5/steps); "
+                          "'madry' for 2.5 x eps / steps (default: the default recipe's, 0.125)")
     gen.add_argument("--batch-size", default="auto", metavar="N|auto",
                      help="attack items per batch and work unit (auto: 16 on CPU, 256 on CUDA); part of the set's parameters")
     gen.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     gen.add_argument("--out", required=True, metavar="SETDIR", help="folder of the stimulus set (new, empty, or to resume)")
     gen.set_defaults(handler=_generate)
+
+    obs = sub.add_parser("observe", help="let models take the trials: SETDIR/observers.csv (machine observers)",
+                         description="Each model answers every trial type the set supports as a participant "
+                                     "would (it picks the image it finds more A-like); writes SETDIR/observers.csv "
+                                     "with the bias per trial type and budget (see docs/manifest.md).")
+    obs.add_argument("setdir", metavar="SETDIR")
+    obs.add_argument("--models", required=True, metavar="M[,M]",
+                     help="observer models, e.g. lite2 (held out) or lite0 (attacked: the ceiling)")
+    obs.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    obs.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    obs.set_defaults(handler=_observe)
 
     rep = sub.add_parser("report", help="write SETDIR/report.html (success and transfer rates, gallery)",
                          description="Write SETDIR/report.html: per-budget success and transfer rates and a gallery.")
@@ -86,34 +96,35 @@ def _is_rank_zero() -> bool:
 def _generate(args: argparse.Namespace) -> int:
     from stimuli.generate import generate_set
 
-    batch = args.batch_size.strip().lower()
-    if batch != "auto":
-        try:
-            batch = int(batch)
-        except ValueError:
-            raise ValueError(f"--batch-size must be 'auto' or a positive whole number, got {args.batch_size!r}") from None
-    setdir = generate_set(
-        args.images, args.pairs, args.eps, out=args.out, steps=_whole(args.steps, "--steps", 1), models=args.models,
-        holdout=args.holdout, controls=args.controls, size=_whole(args.size, "--size", 16),
-        seed=_whole(args.seed, "--seed", 0), limit=_whole(args.limit, "--limit", 1),
-        device=args.device, batch_size=batch, progress=not args.no_progress,
+    recipe = {k: v for k, v in (("steps", args.steps), ("loss", args.loss), ("momentum", args.momentum),
+                                ("input_diversity", args.input_diversity), ("ti_kernel", args.ti_kernel),
+                                ("step_ratio", args.step_ratio))
+              if v is not None}
+    summary = generate_set(
+        args.images, args.pairs, args.eps, out=args.out, models=args.models, holdout=args.holdout,
+        controls=args.controls, size=args.size, seed=args.seed, limit=args.limit, device=args.device,
+        batch_size=args.batch_size, progress=not args.no_progress, **recipe,
     )
     if _is_rank_zero():
-        import json
-
-        meta = json.loads((setdir / "set.json").read_text())
-        counts, run = meta["counts"], meta["run"]
+        counts, run = summary.counts, summary.run
         print(
-            f"{setdir}: {counts['stimuli']} stimuli from {counts['sources']} photos "
+            f"{summary.path}: {counts['stimuli']} stimuli from {counts['sources']} photos "
             f"({run['units_computed']} work units computed, {run['units_reused']} reused)"
         )
+    return 0
+
+
+def _observe(args: argparse.Namespace) -> int:
+    from stimuli.observe import observe_set
+
+    print(observe_set(Path(args.setdir), args.models, device=args.device, progress=not args.no_progress))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     from stimuli.report import write_report
 
-    path = write_report(Path(args.setdir), gallery=_whole(args.gallery, "--gallery", 0))
+    path = write_report(Path(args.setdir), gallery=args.gallery)
     print(path)
     return 0
 

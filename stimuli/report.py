@@ -33,6 +33,7 @@ th { background: #f3f3f3; } td.l, th.l { text-align: left; }
 .row { display: flex; gap: 10px; align-items: flex-start; }
 figure { margin: 0; width: 180px; } figure img { width: 180px; height: 180px; image-rendering: pixelated; }
 figcaption { font-size: 12px; line-height: 1.3; }
+.warn { background: #fff3cd; padding: 6px 10px; border-left: 4px solid #e0a800; }
 .ok { color: #080; } .no { color: #b00; } .muted { color: #666; font-size: 13px; }
 code { font-size: 12px; }
 """
@@ -173,35 +174,20 @@ def _models_html(models: list[dict[str, Any]]) -> str:
     )
 
 
-def write_report(setdir: Path, gallery: int = 12) -> Path:
-    """Write ``setdir/report.html`` atomically and return its path."""
-    setdir = Path(setdir)
-    for name in ("manifest.csv", "set.json"):
-        if not (setdir / name).is_file():
-            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set")
-    if gallery < 0:
-        raise ValueError(f"--gallery must be 0 or more, got {gallery}")
-    meta = json.loads((setdir / "set.json").read_text())
-    p = meta["parameters"]
-    rows = read_rows(setdir / "manifest.csv")
-    has_holdout = bool(p.get("holdout"))
-    counts = meta.get("counts") or {}
-    skipped = meta.get("sources", {}).get("skipped", [])
-    settings = meta.get("attack", {})
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
-        f"<title>Stimulus set {esc(setdir.name)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>Stimulus set <code>{esc(setdir.name)}</code></h1>",
-        "<h2>Parameters</h2><table>",
-    ]
-    facts = [
+def _facts(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The parameter table: (label, HTML) rows."""
+    esc, p = html.escape, meta["parameters"]
+    counts, settings = meta.get("counts") or {}, meta.get("attack", {})
+    recipe = (f"{settings.get('method', 'PGD')}, {p['steps']} steps, step size "
+              f"{settings.get('step_size') or '2.5 eps / steps'}, loss {settings.get('loss', 'auto')}, "
+              f"momentum {settings.get('momentum', 0)}, input diversity {settings.get('input_diversity', 0)}, "
+              f"TI kernel {settings.get('ti_kernel', 0) or 'none'}")
+    return [
         ("photos", f"{counts.get('sources', '?')} from {esc(str(p.get('images')))}"
                    + (f" (first {p['limit']})" if p.get("limit") else "")),
         ("pairs", esc(", ".join(p["pairs"]))),
         ("budgets (8-bit levels)", esc(", ".join(str(e) for e in p["eps"]))),
-        ("attack", esc(f"{settings.get('method', 'PGD')}, {p['steps']} steps, step size "
-                       f"{settings.get('step_size') or '2.5 eps / steps'}, loss {settings.get('loss', 'auto')}")),
+        ("attack", esc(recipe)),
         ("attacked models (ensemble)", _models_html(meta.get("models", []))),
         ("held-out models", _models_html(meta.get("holdout_models", []))),
         ("controls", esc(", ".join(p["controls"]) or "none")),
@@ -211,7 +197,63 @@ def write_report(setdir: Path, gallery: int = 12) -> Path:
         ("built", esc(f"{meta.get('started_at')} to {meta.get('finished_at')}")),
         ("versions", esc(", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()))),
     ]
-    parts += [f"<tr><th class=l>{k}</th><td class=l>{v}</td></tr>" for k, v in facts]
+
+
+def _transfer_warning(rows: list[dict[str, str]], has_holdout: bool) -> str:
+    """A visible warning when the largest budget does not transfer to the held-out models."""
+    adv = [r for r in rows if r["condition"] == "adversarial" and r.get("holdout_success") not in (None, "")]
+    if not has_holdout or not adv:
+        return ""
+    top = max(int(r["eps"]) for r in adv)
+    at_top = [int(r["holdout_success"]) for r in adv if int(r["eps"]) == top]
+    rate = sum(at_top) / len(at_top)
+    if rate >= 0.25:
+        return ""
+    return (f"<p class=warn><b>Warning:</b> at the largest budget ({top}) only {rate:.0%} of the images make the "
+            "held-out model see the target category: these stimuli are tuned to the attacked models. "
+            "See docs/stimuli.md (attack recipe) for settings that transfer.</p>")
+
+
+def _observers_html(setdir: Path) -> str:
+    """Machine observers (SETDIR/observers.csv, from ``advbias stimuli observe``): the plot, when present."""
+    from stimuli.observe import observers_figure
+
+    png = observers_figure(setdir)
+    if png is None:
+        return ("<h2>Machine observers</h2><p class=muted>None yet: <code>advbias stimuli observe SETDIR "
+                "--models lite2</code> lets models take the trials.</p>")
+    return ("<h2>Machine observers</h2><p class=muted>Each model answers every trial as a participant would "
+            "(it picks the image it finds more like the asked category); bias is the share of picks of the image "
+            "perturbed toward it, with 95% Wilson intervals. 0.5: no effect.</p>"
+            f"<img alt='machine observer bias per budget' src='data:image/png;base64,{png}'>")
+
+
+def write_report(setdir: Path, gallery: int | str = 12) -> Path:
+    """Write ``setdir/report.html`` atomically and return its path (``gallery``: photos shown, 0 for none)."""
+    setdir = Path(setdir)
+    for name in ("manifest.csv", "set.json"):
+        if not (setdir / name).is_file():
+            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set")
+    try:
+        gallery = int(str(gallery).strip())
+    except ValueError:
+        raise ValueError(f"--gallery must be a whole number, got {gallery!r}") from None
+    if gallery < 0:
+        raise ValueError(f"--gallery must be 0 or more, got {gallery}")
+    meta = json.loads((setdir / "set.json").read_text())
+    p = meta["parameters"]
+    rows = read_rows(setdir / "manifest.csv")
+    has_holdout = bool(p.get("holdout"))
+    counts = meta.get("counts") or {}
+    skipped = meta.get("sources", {}).get("skipped", [])
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
+        f"<title>Stimulus set {esc(setdir.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Stimulus set <code>{esc(setdir.name)}</code></h1>",
+        "<h2>Parameters</h2><table>",
+    ]
+    parts += [f"<tr><th class=l>{k}</th><td class=l>{v}</td></tr>" for k, v in _facts(meta)]
     parts.append("</table>")
     if skipped:
         parts.append("<p>Skipped input files:</p><ul>")
@@ -223,6 +265,8 @@ def write_report(setdir: Path, gallery: int = 12) -> Path:
         "measured on the saved 8-bit files. Transfer: the same for the held-out models, which the "
         "attack never saw.</p>",
         _rates_table(rows, has_holdout, p.get("controls", [])),
+        _transfer_warning(rows, has_holdout),
+        _observers_html(setdir),
     ]
     if gallery:
         parts += [

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from advbias.manifest import pair_key
 from stimuli.files import (
     ALLOWED_PNG_CHUNKS,
     CONDITIONS,
@@ -62,19 +63,36 @@ def verify_set(setdir: Path) -> VerifyResult:
         if not (setdir / name).is_file():
             raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set (run generate again)")
     meta = json.loads((setdir / "set.json").read_text())
-    params = meta["parameters"]
+    design = _Design.of(meta["parameters"])
     rows = read_rows(setdir / "manifest.csv")
     result = VerifyResult()
-    bad = result.problems.append
+    by_source = _check_rows(rows, design, result.problems.append)
+    _check_structure(by_source, design, result.problems.append)
+    _check_files(setdir, by_source, design.size, result)
+    _check_folder(setdir, rows, by_source, meta, result.problems.append)
+    return result
 
-    size = int(params["size"])
-    pairs = [tuple(p.split(":")) for p in params["pairs"]]
-    eps_set = {int(e) for e in params["eps"]}
-    steps = int(params["steps"])
-    controls = set(params["controls"])
-    has_holdout = bool(params["holdout"])
 
-    # --- rows: fields that can be checked on their own
+@dataclass(frozen=True)
+class _Design:
+    """The parameters of set.json that every row must agree with."""
+
+    size: int
+    pairs: list[tuple[str, ...]]
+    eps: set[int]
+    steps: int
+    controls: set[str]
+    has_holdout: bool
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> "_Design":
+        return cls(int(params["size"]), [tuple(p.split(":")) for p in params["pairs"]],
+                   {int(e) for e in params["eps"]}, int(params["steps"]), set(params["controls"]),
+                   bool(params["holdout"]))
+
+
+def _check_rows(rows: list[dict[str, str]], design: _Design, bad: Any) -> dict[str, list[tuple[int, dict[str, str]]]]:
+    """Fields that can be checked row by row; returns the rows grouped by source photo."""
     ids = Counter(r["stimulus_id"] for r in rows)
     for sid, n in ids.items():
         if n > 1:
@@ -95,46 +113,54 @@ def verify_set(setdir: Path) -> VerifyResult:
         except ValueError:
             bad(f"{where}: eps, linf and steps must be whole numbers")
             continue
-        pair, target, key = row["pair"], row["target"], row["pair_key"]
-        if cond == "clean":
-            if eps != 0 or pair or target or key or row_steps != 0:
-                bad(f"{where}: a clean row must have eps 0, steps 0 and no pair, target or pair_key")
-        else:
-            if cond not in ("adversarial",) and cond not in controls:
-                bad(f"{where}: condition {cond} was not requested (controls: {','.join(sorted(controls)) or 'none'})")
-            if tuple(pair.split(":")) not in pairs:
-                bad(f"{where}: pair {pair!r} is not one of the set's pairs")
-            if eps not in eps_set:
-                bad(f"{where}: eps {eps} is not one of the set's budgets")
-            a, _, b = pair.partition(":")
-            expected_key = f"{row['source_sha256'][:16]}:{a}:{b}:{eps}"
-            if key != expected_key:
-                bad(f"{where}: pair_key {key!r} should be {expected_key!r}")
-            if cond == "noise":
-                if target:
-                    bad(f"{where}: a noise row has no target")
-            elif target not in (a, b):
-                bad(f"{where}: target {target!r} is not part of its pair {pair!r}")
-            want_steps = steps if cond == "adversarial" else 0
-            if row_steps != want_steps:
-                bad(f"{where}: steps {row_steps} should be {want_steps}")
+        _check_design_fields(row, where, eps, row_steps, design, bad)
         if linf > eps:
             bad(f"{where}: linf {linf} exceeds eps {eps}")
-        _check_scores(row, where, has_holdout, bad)
+        _check_scores(row, where, design.has_holdout, bad)
         by_source[row["source_sha256"]].append((line, row))
+    return by_source
 
-    # --- trial structure: one clean per photo, both halves of every pair_key, all budgets
+
+def _check_design_fields(row: dict[str, str], where: str, eps: int, row_steps: int, design: _Design, bad: Any) -> None:
+    """Condition, pair, target, budget, steps and pair_key of one row against the design."""
+    cond, pair, target, key = row["condition"], row["pair"], row["target"], row["pair_key"]
+    if cond == "clean":
+        if eps != 0 or pair or target or key or row_steps != 0:
+            bad(f"{where}: a clean row must have eps 0, steps 0 and no pair, target or pair_key")
+        return
+    if cond not in ("adversarial",) and cond not in design.controls:
+        bad(f"{where}: condition {cond} was not requested (controls: {','.join(sorted(design.controls)) or 'none'})")
+    if tuple(pair.split(":")) not in design.pairs:
+        bad(f"{where}: pair {pair!r} is not one of the set's pairs")
+    if eps not in design.eps:
+        bad(f"{where}: eps {eps} is not one of the set's budgets")
+    a, _, b = pair.partition(":")
+    expected_key = pair_key(row["source_sha256"], a, b, eps)
+    if key != expected_key:
+        bad(f"{where}: pair_key {key!r} should be {expected_key!r}")
+    if cond == "noise":
+        if target:
+            bad(f"{where}: a noise row has no target")
+    elif target not in (a, b):
+        bad(f"{where}: target {target!r} is not part of its pair {pair!r}")
+    want_steps = design.steps if cond == "adversarial" else 0
+    if row_steps != want_steps:
+        bad(f"{where}: steps {row_steps} should be {want_steps}")
+
+
+def _check_structure(by_source: dict, design: _Design, bad: Any) -> None:
+    """One clean per photo, both halves of every pair_key, every budget and control."""
     for sha, items in by_source.items():
         cleans = [r for _, r in items if r["condition"] == "clean"]
         if len(cleans) != 1:
             bad(f"source {items[0][1]['source']}: {len(cleans)} clean rows (expected 1)")
         seen = Counter((r["condition"], r["pair"], int(r["eps"] or 0), r["target"]) for _, r in items)
-        for a, b in pairs:
-            for e in sorted(eps_set):
+        for a, b in design.pairs:
+            for e in sorted(design.eps):
                 wanted = [("adversarial", a), ("adversarial", b)]
-                if "flip" in controls:
+                if "flip" in design.controls:
                     wanted += [("flip", a), ("flip", b)]
-                if "noise" in controls:
+                if "noise" in design.controls:
                     wanted += [("noise", "")]
                 for cond, t in wanted:
                     n = seen.get((cond, f"{a}:{b}", e, t), 0)
@@ -142,7 +168,10 @@ def verify_set(setdir: Path) -> VerifyResult:
                         what = f"{cond} toward {t}" if t else cond
                         bad(f"source {items[0][1]['source']}: {n} {what} rows for {a}:{b} at eps {e} (expected 1)")
 
-    # --- files: hash, chunks, pixels, budget against the clean crop
+
+def _check_files(setdir: Path, by_source: dict, size: int, result: VerifyResult) -> None:
+    """Hash, chunks, pixels, and the budget measured against the clean crop."""
+    bad = result.problems.append
     for sha, items in by_source.items():
         clean_px: np.ndarray | None = None
         clean_rows = [r for _, r in items if r["condition"] == "clean"]
@@ -160,7 +189,9 @@ def verify_set(setdir: Path) -> VerifyResult:
             if measured > int(row["eps"]):
                 bad(f"{row['file']}: perturbation of {measured} levels exceeds its budget eps {row['eps']}")
 
-    # --- the folder: nothing unlisted, counts as recorded
+
+def _check_folder(setdir: Path, rows: list[dict[str, str]], by_source: dict, meta: dict, bad: Any) -> None:
+    """Nothing unlisted in images/, and the counts in set.json as the manifest has them."""
     listed = {r["file"] for r in rows}
     images_dir = setdir / "images"
     if images_dir.is_dir():
@@ -177,7 +208,6 @@ def verify_set(setdir: Path) -> VerifyResult:
             bad(f"set.json counts {k} = {counts[k]} but the manifest has {v}")
     if not counts:
         bad("set.json has no counts: the set was not finished (run generate again)")
-    return result
 
 
 def _check_scores(row: dict[str, str], where: str, has_holdout: bool, bad: Any) -> None:

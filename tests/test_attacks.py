@@ -163,27 +163,52 @@ def test_agrees_with_foolbox_in_the_same_float_order(samples):
     assert torch.equal(ours, ref)
 
 
-def test_agrees_with_foolbox_across_mixed_budgets(samples):
-    """One engine call over four budgets vs foolbox's loop over epsilons.
-
-    Residual differences come from float summation order alone: the engine's batch mixes
-    budgets (foolbox's batches hold one), and oneDNN picks kernels by batch size, so a few
-    gradients near zero change sign and those pixels take the opposite step. Sign-PGD then
-    amplifies such differences over steps; with the engine's own channels_last layout they
-    grow larger still (see docs/benchmarks.md), though success rates stay the same.
-    """
+def _mixed_budget_case(samples):
     images, _ = samples
     x = images[:4].repeat(2, 1, 1, 1).float() / 255
     target = torch.tensor([281] * 4 + [867] * 4)
     eps = torch.tensor([2, 4, 8, 16, 2, 4, 8, 16]) / 255
+    return x, target, eps
+
+
+def test_agrees_with_foolbox_bit_for_bit_with_the_same_batches(samples):
+    """Per-sample budgets are exact: one engine call over four budgets, chunked so that every
+    chunk holds what foolbox's batch for that epsilon holds, gives foolbox's pixels exactly.
+
+    Only identical batch composition makes a bit-level claim hold on every CPU: float
+    summation order (and which kernel oneDNN picks) depends on the batch.
+    """
+    x, target, eps = _mixed_budget_case(samples)
+    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, eps, steps=10, device="cpu")
+    order = torch.argsort(eps, stable=True)  # each budget's two images side by side, as foolbox batches them
+    ours = attacks.linf_pgd(attacks.load_model("lite0"), x[order], target[order], eps[order], steps=10,
+                            device="cpu", channels_last=False, batch_size=2)
+    assert torch.equal(ours, ref[order])
+
+
+#: Mixed-budget batches: the largest allowed difference in target probability between the
+#: engine and foolbox, per image. Sign-PGD turns float-order differences in near-zero
+#: gradients into opposite steps; measured on two x86-64 CPUs: at most 0.002 (NCHW) and
+#: 0.044 (channels_last) on this case; the bound leaves room for other kernels.
+MIXED_PROB_TOLERANCE = 0.10
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_agrees_with_foolbox_across_mixed_budgets(samples, channels_last):
+    """One engine batch mixing four budgets vs foolbox's loop over epsilons: the same attack
+    outcome (target reached or not, at most one image of eight differing) and target
+    probabilities within MIXED_PROB_TOLERANCE, on any CPU whatever kernels it selects."""
+    x, target, eps = _mixed_budget_case(samples)
     lite0 = attacks.load_model("lite0")
     ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, eps, steps=10, device="cpu")
     ours = attacks.linf_pgd(attacks.load_model("lite0"), x, target, eps, steps=10, device="cpu",
-                            channels_last=False, batch_size=8)
-    identical = (ours == ref).float().mean().item()
-    assert identical > 0.98, f"only {identical:.4f} of pixels identical"
+                            channels_last=channels_last, batch_size=8)
+    assert ((ours - x).abs().amax(dim=(1, 2, 3)) <= eps + 1e-6).all()
+    p_ref, p_ours = attacks.target_probability(lite0, ref, target), attacks.target_probability(lite0, ours, target)
+    assert (p_ref - p_ours).abs().max().item() <= MIXED_PROB_TOLERANCE, (p_ref, p_ours)
     with torch.no_grad():
-        assert torch.equal(lite0(ours).argmax(1) == target, lite0(ref).argmax(1) == target)
+        hit_ref, hit_ours = lite0(ref).argmax(1) == target, lite0(ours).argmax(1) == target
+    assert (hit_ref != hit_ours).sum().item() <= 1
 
 
 def test_seeded_random_start_is_reproducible_and_leaves_global_rng_alone(samples, lite0):
@@ -198,3 +223,106 @@ def test_seeded_random_start_is_reproducible_and_leaves_global_rng_alone(samples
     c = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=8)
     assert torch.equal(before, after)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_translation_invariant_smoothing(samples, lite0):
+    """TI's kernel is a normalised symmetric Gaussian; the smoothed attack keeps the budget and
+    differs from the unsmoothed one; bad kernel sizes are refused."""
+    k = attacks.gaussian_kernel(5)
+    assert k.shape == (3, 1, 5, 5) and torch.allclose(k.sum(dim=(1, 2, 3)), torch.ones(3))
+    assert torch.equal(k, k.flip(-1)) and torch.equal(k, k.transpose(-1, -2)) and k[0, 0, 2, 2] == k.max()
+    images, _ = samples
+    x = images[:2].float() / 255
+    plain = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=3, seed=0)
+    smooth = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=3, seed=0, ti_kernel=5)
+    assert (smooth - x).abs().max() <= 4 / 255 + 1e-6 and not torch.equal(plain, smooth)
+    for bad in (2, 4, -1, 1):
+        with pytest.raises(ValueError, match="ti_kernel must be 0"):
+            attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, ti_kernel=bad)
+
+
+_COUNT_PASSES = r"""
+import sys, torch, attacks
+torch.set_num_threads(1)
+if sys.argv[3] == "lite0":
+    model = attacks.load_model("lite0")
+else:  # a small real convolutional net, so that a job large enough to try chunk sizes stays cheap
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 1000)).eval()
+images = []
+model.register_forward_hook(lambda mod, inp, out: images.append(inp[0].shape[0]))
+x = torch.rand(int(sys.argv[1]), 3, 64, 64, generator=torch.Generator().manual_seed(0))
+attacks.linf_pgd(model, x, ["cat"] * x.shape[0], 4 / 255, steps=int(sys.argv[2]), device="cpu")
+print(sum(images), len(images))
+"""
+
+
+@pytest.mark.parametrize("n, steps, model", [(32, 5, "lite0"), (12, 3, "lite0"), (40, 2, "lite0"),
+                                             (72, 40, "small-convnet")])
+def test_a_fresh_process_call_does_no_calibration_passes(n, steps, model):
+    """batch_size='auto' in a fresh process: every forward pass of the real model is part of the
+    work (n images x steps), whether the job is one chunk, small enough to run at the usual
+    chunk size, too short to time, or large enough to try chunk sizes on its own steps."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GIT_PYTHON_REFRESH": "quiet"}
+    done = subprocess.run([sys.executable, "-c", _COUNT_PASSES, str(n), str(steps), model], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    images, passes = (int(v) for v in done.stdout.split())
+    assert images == n * steps, f"{images} images forwarded for {n} x {steps} of work ({passes} passes)"
+    if model != "lite0":  # tried 8 then 16 on the work, then ran the rest at the faster: 72 = 8 + 16 + 3 x 16
+        assert passes in (steps * (2 + 3), steps * (2 + 6)), passes
+
+
+def test_the_callers_model_is_left_as_it_was(samples):
+    """The engine runs in channels_last, but the caller's model keeps its tensors, layout and mode."""
+    images, _ = samples
+    model = attacks.load_model("lite0").train()
+    before = {name: (p.data_ptr(), p.stride(), p.device) for name, p in model.named_parameters()}
+    modes = [m.training for m in model.modules()]
+    attacks.linf_pgd(model, images[:2].float() / 255, ["cat", "truck"], 4 / 255, steps=1, channels_last=True)
+    after = {name: (p.data_ptr(), p.stride(), p.device) for name, p in model.named_parameters()}
+    assert after == before and [m.training for m in model.modules()] == modes
+    assert not hasattr(model, "_advbias_layout")
+    conv = next(p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous()
+    # prepare_model is the explicit way to keep the engine's layout between calls.
+    ptr = conv.data_ptr()
+    attacks.prepare_model(model, torch.device("cpu"), True)
+    assert conv.data_ptr() != ptr and conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_judge_picks_the_more_likely_image_and_ties_split():
+    from attacks.judge import choose, wilson_interval
+
+    picks = choose(torch.tensor([0.9, 0.2, 0.5]), torch.tensor([0.1, 0.3, 0.5]))
+    assert picks.tolist() == [1.0, 0.0, 0.5]
+    lo, hi = wilson_interval(10, 10)
+    assert 0.69 < lo < 0.73 and hi == 1.0  # Wilson: 0.722..1 for 10 of 10
+    lo, hi = wilson_interval(5, 10)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-12
+    with pytest.raises(ValueError, match="shapes differ"):
+        choose(torch.zeros(2), torch.zeros(3))
+
+
+def test_chunk_plan_tries_candidates_on_the_work_then_keeps_the_fastest():
+    from attacks.pgd import _CHUNK_CACHE, _ChunkPlan
+
+    cpu = torch.device("cpu")
+    key = ("test-key", 1)
+    _CHUNK_CACHE.pop(key, None)
+    plan = _ChunkPlan(200, 50, key, cpu)  # 10,000 image-steps: worth trying
+    assert plan.timing and plan.next_size() == 8
+    plan.record(8, 40.0)
+    assert plan.next_size() == 16
+    plan.record(16, 60.0)
+    assert not plan.timing and plan.next_size() == 16 and _CHUNK_CACHE[key] == 16
+    assert _ChunkPlan(200, 50, key, cpu).next_size() == 16  # cached for the next call
+    small = _ChunkPlan(32, 5, ("other", 2), cpu)  # 160 image-steps: not worth a second shape
+    assert not small.timing and small.next_size() == 8
+    assert _ChunkPlan(12, 50, ("other", 3), cpu).next_size() == 12
+    _CHUNK_CACHE.pop(key, None)

@@ -59,8 +59,12 @@ def one_thread():
 
 
 def build(out: Path, **overrides) -> Path:
+    """Build (or resume) a set; checks that the returned summary is what set.json records."""
     with one_thread():
-        return stimuli.generate_set(**{**SET_ARGS, **overrides}, out=out, progress=False)
+        summary = stimuli.generate_set(**{**SET_ARGS, **overrides}, out=out, progress=False)
+    meta = json.loads((summary.path / "set.json").read_text())
+    assert summary.counts == meta["counts"] and summary.run == meta["run"] and Path(summary) == Path(out)
+    return summary.path
 
 
 def subprocess_env() -> dict[str, str]:

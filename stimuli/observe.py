@@ -1,0 +1,204 @@
+"""Machine observers: models take the experiment's trials, ``SETDIR/observers.csv``.
+
+For every trial type the set supports, a model answers "which image is more A-like?" the
+way :mod:`attacks.judge` defines it (the image it gives the higher probability of A), on
+the saved 8-bit files, for both asked categories of every photo, pair and budget:
+
+* ``targets``: perturbed toward A vs perturbed toward B (the study's main trial);
+* ``vs_clean``: perturbed toward A vs the clean crop;
+* ``vs_flip``: perturbed toward A vs the same perturbation turned upside down;
+* ``vs_noise``: perturbed toward A vs random +/-eps noise.
+
+``bias`` is the share of judgments that pick the image perturbed toward the asked category.
+The attacked models are the ceiling; a held-out model shows what transfers to a network
+that was not optimised against. The file format is owned by :mod:`advbias.observers`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from advbias.observers import COLUMNS, FILENAME
+from stimuli.files import atomic_write_text, decode_png, read_rows, rows_to_csv
+
+#: Trial types, and the manifest condition of the image shown beside the perturbed one.
+TRIAL_TYPES: dict[str, str] = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
+
+
+def _read_set(setdir: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    if not setdir.is_dir():
+        raise FileNotFoundError(f"stimulus set folder not found: {setdir}")
+    for name in ("manifest.csv", "set.json"):
+        if not (setdir / name).is_file():
+            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set")
+    return json.loads((setdir / "set.json").read_text()), read_rows(setdir / "manifest.csv")
+
+
+def _model_names(models: Any) -> list[str]:
+    names = [m.strip() for m in (models.split(",") if isinstance(models, str) else list(models or [])) if m.strip()]
+    if not names:
+        raise ValueError("--models: give at least one model to observe with (e.g. lite2)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--models: a model is listed twice in {','.join(names)}")
+    return names
+
+
+def role(model: str, meta: dict[str, Any]) -> str:
+    """``attacked`` if the set was made on the model, ``held_out`` if it is the set's holdout, else ``other``."""
+    params = meta["parameters"]
+    if model in params.get("models", []):
+        return "attacked"
+    return "held_out" if model in params.get("holdout", []) else "other"
+
+
+def judgments(rows: Sequence[dict[str, str]], prob: dict[tuple[str, str], float]) -> dict[tuple[str, int], list[float]]:
+    """Every judgment of every trial type the set supports, keyed by (trial type, budget).
+
+    ``prob[(stimulus_id, category)]`` is the model's probability of the category for that image.
+    """
+    import torch
+
+    from attacks.judge import choose
+
+    clean = {r["source_sha256"]: r for r in rows if r["condition"] == "clean"}
+    toward = {(r["pair_key"], r["target"]): r for r in rows if r["condition"] == "adversarial"}
+    flip = {(r["pair_key"], r["target"]): r for r in rows if r["condition"] == "flip"}
+    noise = {r["pair_key"]: r for r in rows if r["condition"] == "noise"}
+    present = {"targets": True, "vs_clean": bool(clean), "vs_flip": bool(flip), "vs_noise": bool(noise)}
+    out: dict[tuple[str, int], list[float]] = {}
+    for (key, asked), img in sorted(toward.items()):
+        a, _, b = img["pair"].partition(":")
+        others = {
+            "targets": toward.get((key, b if asked == a else a)),
+            "vs_clean": clean.get(img["source_sha256"]),
+            "vs_flip": flip.get((key, asked)),
+            "vs_noise": noise.get(key),
+        }
+        for trial, other in others.items():
+            if not present[trial] or other is None:
+                continue
+            pick = choose(torch.tensor(prob[(img["stimulus_id"], asked)], dtype=torch.float64),
+                          torch.tensor(prob[(other["stimulus_id"], asked)], dtype=torch.float64))
+            out.setdefault((trial, int(img["eps"])), []).append(float(pick))
+    return out
+
+
+def _probabilities(model: Any, setdir: Path, rows: Sequence[dict[str, str]], device: str,
+                   bar: Any) -> dict[tuple[str, str], float]:
+    """The model's probability of each pair category for every image that takes part in a trial."""
+    import torch
+
+    import attacks
+
+    attacks.prepare_model(model, torch.device(device), True)
+    cats = sorted({c for r in rows if r["pair"] for c in r["pair"].split(":")})
+    wanted = list(rows)
+    out: dict[tuple[str, str], float] = {}
+    for lo in range(0, len(wanted), 64):
+        batch = wanted[lo : lo + 64]
+        px = np.stack([decode_png((setdir / r["file"]).read_bytes()) for r in batch])
+        probs = attacks.class_probabilities(model, torch.from_numpy(px).permute(0, 3, 1, 2).contiguous())
+        for c in cats:
+            pc = attacks.target_probability(None, None, [c] * len(batch), probs=probs)
+            for r, p in zip(batch, pc.tolist()):
+                out[(r["stimulus_id"], c)] = p
+        if bar is not None:
+            bar.update(len(batch))
+    return out
+
+
+def observe_set(setdir: str | Path, models: Any, *, device: str = "auto", progress: bool = True) -> Path:
+    """Let each model take every trial of the set; write ``SETDIR/observers.csv`` and return its path."""
+    import attacks
+    from attacks.judge import wilson_interval
+
+    setdir = Path(setdir).expanduser()
+    meta, rows = _read_set(setdir)
+    names = _model_names(models)
+    dev = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
+    loaded = [attacks.load_model(n, device=dev) for n in names]  # every name checked before any work
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows) * len(names), unit="img", desc="observers")
+    out_rows: list[dict[str, Any]] = []
+    try:
+        for name, model in zip(names, loaded):
+            prob = _probabilities(model, setdir, rows, dev, bar)
+            for (trial, eps), picks in sorted(judgments(rows, prob).items(),
+                                              key=lambda kv: (list(TRIAL_TYPES).index(kv[0][0]), kv[0][1])):
+                lo, hi = wilson_interval(sum(picks), len(picks))
+                out_rows.append({"model": name, "role": role(name, meta), "condition": trial, "eps": eps,
+                                 "n_judgments": len(picks), "bias": sum(picks) / len(picks),
+                                 "ci_low": lo, "ci_high": hi})
+    finally:
+        if bar is not None:
+            bar.close()
+    path = setdir / FILENAME
+    atomic_write_text(path, rows_to_csv(out_rows, COLUMNS))
+    return path
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def read_observers(path: Path) -> list[dict[str, str]]:
+    """The rows of an observers.csv, checked against the columns :mod:`advbias.observers` declares."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
+        return list(reader)
+
+
+def observers_figure(setdir: Path) -> str | None:
+    """A PNG (base64) of bias against budget, one panel per trial type, one line per model; None without observers.csv."""
+    path = Path(setdir) / FILENAME
+    if not path.is_file():
+        return None
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_observers(path)
+    trials = [t for t in TRIAL_TYPES if any(r["condition"] == t for r in rows)]
+    fig, axes = plt.subplots(1, len(trials), figsize=(3.6 * len(trials), 3.2), sharey=True, squeeze=False)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    budgets = sorted({int(r["eps"]) for r in rows})
+    for ax, trial in zip(axes[0], trials):
+        for k, model in enumerate(models):
+            pts = sorted((int(r["eps"]), float(r["bias"]), float(r["ci_low"]), float(r["ci_high"]), r["role"])
+                         for r in rows if r["model"] == model and r["condition"] == trial)
+            if not pts:
+                continue
+            e, b, lo, hi = (np.array([p[i] for p in pts]) for i in range(4))
+            shift = 2 ** (0.06 * (k - (len(models) - 1) / 2))  # side by side, so that equal curves stay visible
+            ax.errorbar(e * shift, b, yerr=[b - lo, hi - b], marker="o", capsize=3, label=f"{model} ({pts[0][4]})")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [str(e) for e in budgets])
+        ax.minorticks_off()
+        ax.set_xlabel("budget (8-bit levels)")
+        ax.set_title(trial)
+        ax.set_ylim(0, 1.03)
+    axes[0][0].set_ylabel("share picking the perturbed image")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,295 @@
+"""A stimulus set's parameters: what they are, their defaults, and their validation (done once, here).
+
+Everything that changes a pixel or a number in the manifest is a parameter of the set,
+recorded in ``set.json`` and compared on resume. Values may come as Python values (the
+library) or as the strings typed on the command line (the CLI passes them through
+untouched), so that every check lives in :func:`make_params` alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from stimuli.sources import Source
+
+#: Format tag written to set.json; bump when the layout changes incompatibly.
+SET_FORMAT = "advbias-stimulus-set/1"
+
+CONTROLS: tuple[str, ...] = ("flip", "noise")
+
+#: ``--batch-size auto``: attack items (photo x pair x target x budget) per engine batch and
+#: work unit. Fixed per device type rather than timed, because a timed choice would make
+#: the pixels depend on the machine's load. CPUs run best at small batches (throughput
+#: drops past ~16 images in cache); GPUs want large ones.
+AUTO_BATCH = {"cpu": 16, "cuda": 256, "mps": 64}
+
+#: The attack recipe used when none is given: chosen by ``advbias bench transfer``
+#: (docs/benchmarks.md, section "Transfer"; docs/stimuli.md says what to expect).
+DEFAULT_RECIPE: dict[str, Any] = {"steps": 200, "loss": "logit", "momentum": 1.0, "input_diversity": 0.7,
+                                  "ti_kernel": 5, "step_ratio": 0.125}
+
+
+@dataclass(frozen=True)
+class SetParams:
+    """Everything that determines the contents of a set (and nothing that does not)."""
+
+    images: str
+    pairs: tuple[tuple[str, str], ...]
+    eps: tuple[int, ...]
+    steps: int
+    models: tuple[str, ...]
+    holdout: tuple[str, ...]
+    controls: tuple[str, ...]
+    size: int
+    seed: int
+    limit: int | None
+    batch_size: int
+    loss: str = DEFAULT_RECIPE["loss"]
+    momentum: float = DEFAULT_RECIPE["momentum"]
+    input_diversity: float = DEFAULT_RECIPE["input_diversity"]
+    ti_kernel: int = DEFAULT_RECIPE["ti_kernel"]
+    #: step size as a fraction of each budget (0.125: eps / 8 per step), but never less than 2.5 / steps, so
+    #: that short runs still cross the eps-ball; None: 2.5 * eps / steps (Madry et al. 2018)
+    step_ratio: float | None = DEFAULT_RECIPE["step_ratio"]
+
+    @property
+    def unit_images(self) -> int:
+        """Photos per work unit: as many as fill one batch of attack items (at least one)."""
+        return max(1, self.batch_size // self.targets_per_image)
+
+    @property
+    def targets_per_image(self) -> int:
+        return len(self.pairs) * 2 * len(self.eps)
+
+    def attack_options(self) -> dict[str, Any]:
+        """The recipe as keyword arguments of :func:`attacks.linf_pgd`."""
+        return {"steps": self.steps, "loss": self.loss, "momentum": self.momentum,
+                "input_diversity": self.input_diversity, "ti_kernel": self.ti_kernel}
+
+    def recipe(self) -> dict[str, Any]:
+        """The recipe as recorded in set.json (``attack_options`` plus the step ratio)."""
+        return {**self.attack_options(), "step_ratio": self.step_ratio}
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters compared on resume. ``images`` is left out on purpose: the sources
+        themselves are compared by content (``sources_sha256``), so a moved photo folder
+        still resumes while a changed one is refused."""
+        d = asdict(self)
+        d.pop("images")
+        d["pairs"] = [f"{a}:{b}" for a, b in self.pairs]
+        d["eps"] = list(self.eps)
+        d["models"] = list(self.models)
+        d["holdout"] = list(self.holdout)
+        d["controls"] = list(self.controls)
+        return d
+
+
+def _as_list(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [str(v).strip() for v in value if str(v).strip()]
+    except TypeError:
+        raise ValueError(f"{what} must be a list or a comma-separated string, got {value!r}") from None
+
+
+def parse_pairs(pairs: Any) -> tuple[tuple[str, str], ...]:
+    """``"cat:truck,sheep:chair"`` or ``[("cat", "truck")]`` -> validated, normalised pairs."""
+    from attacks import resolve_target
+
+    if isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(p, str) and ":" not in p for p in pairs):
+        pairs = [pairs]  # a single ("cat", "truck") tuple
+    items: list[tuple[str, str]] = []
+    for p in [pairs] if isinstance(pairs, str) else list(pairs or []):
+        if isinstance(p, str):
+            for chunk in [c for c in p.split(",") if c.strip()]:
+                parts = chunk.split(":")
+                if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                    raise ValueError(f"--pairs: {chunk.strip()!r} is not of the form A:B (e.g. cat:truck)")
+                items.append((parts[0], parts[1]))
+        else:
+            p = tuple(p)
+            if len(p) != 2:
+                raise ValueError(f"--pairs: {p!r} is not a pair (A, B)")
+            items.append((str(p[0]), str(p[1])))
+    if not items:
+        raise ValueError("--pairs: give at least one pair A:B (e.g. cat:truck)")
+    out: list[tuple[str, str]] = []
+    seen: set[frozenset[str]] = set()
+    for a, b in items:
+        a, b = a.strip().lower(), b.strip().lower()
+        if a == b:
+            raise ValueError(f"--pairs: {a}:{b} names the same category twice; A and B must differ")
+        try:
+            ca, cb = set(resolve_target(a)), set(resolve_target(b))
+        except ValueError as exc:
+            raise ValueError(f"--pairs: {exc}") from None
+        if ca & cb:
+            raise ValueError(f"--pairs: {a} and {b} share ImageNet classes {sorted(ca & cb)}; A and B must not overlap")
+        if frozenset((a, b)) in seen:
+            raise ValueError(f"--pairs: the pair {a}:{b} is listed twice")
+        seen.add(frozenset((a, b)))
+        out.append((a, b))
+    return tuple(out)
+
+
+def parse_eps(eps: Any) -> tuple[int, ...]:
+    """Budgets in 8-bit levels: whole numbers 1..255, returned sorted and without repeats."""
+    raw = [e for e in (eps.split(",") if isinstance(eps, str) else ([eps] if isinstance(eps, int) else list(eps or [])))]
+    values: list[int] = []
+    for e in raw:
+        text = str(e).strip()
+        if not text:
+            continue
+        try:
+            value = int(text) if not isinstance(e, float) else (int(e) if float(e).is_integer() else None)
+        except ValueError:
+            value = None
+        if value is None or isinstance(e, bool):
+            raise ValueError(f"--eps: {text!r} is not a whole number of 8-bit levels (1..255)")
+        if not 1 <= value <= 255:
+            raise ValueError(f"--eps: {value} is outside 1..255 (budgets are in 8-bit levels)")
+        values.append(value)
+    if not values:
+        raise ValueError("--eps: give at least one budget in 8-bit levels, e.g. 2,4,8,16")
+    return tuple(sorted(set(values)))
+
+
+def _whole(value: Any, option: str, minimum: int, maximum: int | None = None) -> int:
+    """A whole number from an int or its decimal string, within [minimum, maximum]."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    if number is None:
+        raise ValueError(f"{option} must be a whole number, got {value!r}")
+    if number < minimum:
+        raise ValueError(f"{option} must be at least {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{option} must be at most {maximum}, got {number}")
+    return number
+
+
+def _fraction(value: Any, option: str) -> float:
+    """A float in [0, 1] from a number or its string."""
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{option} must be a number between 0 and 1, got {value!r}")
+    return number
+
+
+def _models(models: Any, holdout: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    models_l = _as_list(models, "--models")
+    if not models_l:
+        raise ValueError("--models: give at least one model to attack")
+    if len(set(models_l)) != len(models_l):
+        raise ValueError(f"--models: a model is listed twice in {','.join(models_l)}")
+    holdout_l = _as_list(holdout, "--holdout")
+    overlap = sorted(set(models_l) & set(holdout_l))
+    if overlap:
+        raise ValueError(f"--holdout: {','.join(overlap)} is also attacked; a held-out model must not be in --models")
+    if len(set(holdout_l)) != len(holdout_l):
+        raise ValueError(f"--holdout: a model is listed twice in {','.join(holdout_l)}")
+    return tuple(models_l), tuple(holdout_l)
+
+
+def _controls(controls: Any) -> tuple[str, ...]:
+    controls_l = [c.lower() for c in _as_list(controls, "--controls")]
+    unknown = [c for c in controls_l if c not in CONTROLS]
+    if unknown:
+        raise ValueError(f"--controls: unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
+    return tuple(c for c in CONTROLS if c in controls_l)
+
+
+def _step_ratio(value: Any) -> float | None:
+    """``None``/``"madry"``: 2.5 * eps / steps; otherwise a fraction of eps in (0, 1]."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "madry"):
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0.0 < number <= 1.0:
+        raise ValueError(f"--step-ratio must be 'madry' or a fraction of eps in (0, 1], e.g. 0.125, got {value!r}")
+    return number
+
+
+def _recipe(loss: Any, momentum: Any, input_diversity: Any, ti_kernel: Any) -> dict[str, Any]:
+    from attacks.pgd import LOSSES
+
+    loss_s = str(loss).strip().lower()
+    if loss_s not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    ti = _whole(ti_kernel, "--ti-kernel", 0, 63)
+    if ti != 0 and (ti < 3 or ti % 2 == 0):
+        raise ValueError(f"--ti-kernel must be 0 (off) or an odd whole number from 3 to 63, got {ti_kernel!r}")
+    return {"loss": loss_s, "momentum": _fraction(momentum, "--momentum"),
+            "input_diversity": _fraction(input_diversity, "--input-diversity"), "ti_kernel": ti}
+
+
+def _batch_size(batch_size: Any, device: str) -> int:
+    if isinstance(batch_size, str) and batch_size.strip().lower() == "auto":
+        return AUTO_BATCH.get(device.split(":")[0], 16)
+    try:
+        return _whole(batch_size, "--batch-size", 1)
+    except ValueError:
+        raise ValueError(f"--batch-size must be 'auto' or a positive whole number, got {batch_size!r}") from None
+
+
+def make_params(
+    images: str | os.PathLike,
+    pairs: Any,
+    eps: Any,
+    *,
+    steps: Any = DEFAULT_RECIPE["steps"],
+    models: Any,
+    holdout: Any,
+    controls: Any,
+    size: Any,
+    seed: Any,
+    limit: Any,
+    batch_size: Any,
+    device: str,
+    loss: Any = DEFAULT_RECIPE["loss"],
+    momentum: Any = DEFAULT_RECIPE["momentum"],
+    input_diversity: Any = DEFAULT_RECIPE["input_diversity"],
+    ti_kernel: Any = DEFAULT_RECIPE["ti_kernel"],
+    step_ratio: Any = DEFAULT_RECIPE["step_ratio"],
+) -> SetParams:
+    """Validate every user-facing parameter, before anything is read or written (one-line errors)."""
+    pairs_t = parse_pairs(pairs)
+    eps_t = parse_eps(eps)
+    models_t, holdout_t = _models(models, holdout)
+    images_s = str(images)
+    if images_s != "builtin":
+        images_s = str(Path(images_s).expanduser().resolve())
+    return SetParams(
+        images=images_s, pairs=pairs_t, eps=eps_t, steps=_whole(steps, "--steps", 1), models=models_t,
+        holdout=holdout_t, controls=_controls(controls), size=_whole(size, "--size", 16, 4096),
+        seed=_whole(seed, "--seed", 0), limit=None if limit is None else _whole(limit, "--limit", 1),
+        batch_size=_batch_size(batch_size, device), **_recipe(loss, momentum, input_diversity, ti_kernel),
+        step_ratio=_step_ratio(step_ratio),
+    )
+
+
+def sources_digest(sources: Sequence[Source]) -> str:
+    """One hash for the ordered list of (name, content hash) of the sources."""
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(f"{s.name}\t{s.sha256}\t{'' if s.label is None else s.label}\n".encode())
+    return h.hexdigest()
+
+
+def derived_seed(*parts: Any) -> int:
+    """A 63-bit seed from the set seed and an item's identity (independent of batching and rank)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
