@@ -109,13 +109,19 @@ def start_participant(
 
     Resuming needs the participant's token or their SESSION_ID (:func:`resume_allowed`);
     a new record is counted against ``policy``'s per-address limit.
+
+    Everything that does not need the experiment's lock happens before it is taken (the
+    identity look-up, the start limit, the new record's secrets), so the locked section is
+    only "lock, count the lists, insert the participant and its trials, commit". A second
+    start for the same PROLIFIC_PID racing this one cannot make a second record: the
+    unique constraint refuses it, and the loser resumes the winner (:func:`_winner`).
     """
     pid = clean_id(prolific_pid, "PROLIFIC_PID")
     study = clean_id(study_id, "STUDY_ID")
     sess = clean_id(session_id, "SESSION_ID")
     own = clean_id(token, "token")
     with db.session() as session:
-        exp = get_experiment(session, slug)
+        exp = get_experiment(session, slug)  # detached afterwards: its columns stay readable
         if pid is not None:
             found = session.scalar(
                 select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
@@ -127,44 +133,49 @@ def start_participant(
         if not exp.active:
             raise Forbidden("this study is not accepting new participants")
         design = load_design(session, exp)
-        exp_id = exp.id
     if policy is not None:
         policy.admit(db)
+    seed = secrets.randbelow(2**31)
+    participant = Participant(
+        experiment_id=exp.id, public_id=secrets.token_hex(8), token=secrets.token_urlsafe(24),
+        prolific_pid=pid, study_id=study, session_id=sess, seed=seed, status="in_progress", next_index=0,
+    )
     try:
         with db.write() as session:
-            # Serialise assignments within this experiment (a no-op lock on SQLite, which already holds one).
-            exp = session.scalar(select(Experiment).where(Experiment.id == exp_id).with_for_update())
-            assert exp is not None
-            if pid is not None:
-                found = session.scalar(
-                    select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
-                )
-                if found is not None:
-                    return _resume(found, study, sess, own), False
-            counts = list_counts(session, exp)
-            list_index = counts.index(min(counts))
-            seed = secrets.randbelow(2**31)
-            specs = design.participant_trials(list_index, seed)
-            participant = Participant(
-                experiment_id=exp.id, public_id=secrets.token_hex(8), token=secrets.token_urlsafe(24),
-                prolific_pid=pid, study_id=study, session_id=sess, list_index=list_index, seed=seed,
-                status="in_progress", n_trials=len(specs), next_index=0,
-            )
+            participant.list_index = _least_filled_list(session, exp)
+            specs = design.participant_trials(participant.list_index, seed)
+            participant.n_trials = len(specs)
             session.add(participant)
             session.flush()
             # One bulk INSERT of plain rows (no ORM object per trial): the start is the heaviest call in a burst.
             session.execute(_INSERT_TRIALS, [_trial_row(participant.id, i, s) for i, s in enumerate(specs)])
         return participant, True
     except IntegrityError:
-        if pid is None:
+        winner = _winner(db, exp.id, pid) if pid is not None else None
+        if winner is None:
             raise
-        with db.session() as session:  # the same PROLIFIC_PID arrived twice at once: resume the winner
-            found = session.scalar(
-                select(Participant).where(Participant.experiment_id == exp_id, Participant.prolific_pid == pid)
-            )
-            if found is None:
-                raise
-            return _resume(found, study, sess, own), False
+        return _resume(winner, study, sess, own), False
+
+
+def _least_filled_list(session: Session, exp: Experiment) -> int:
+    """Lock the experiment's row and return its least-filled list (the lowest index among equals).
+
+    The lock (PostgreSQL ``FOR UPDATE``; a no-op on SQLite, whose write transaction already
+    excludes every other writer) is held until the participant is committed, so two
+    starts can never both see the same list as least filled. Only the id is locked and
+    read: the row's JSON columns stay on the server.
+    """
+    session.execute(select(Experiment.id).where(Experiment.id == exp.id).with_for_update())
+    counts = list_counts(session, exp)
+    return counts.index(min(counts))
+
+
+def _winner(db: Database, exp_id: int, pid: str) -> Participant | None:
+    """The record of a PROLIFIC_PID whose other start, arriving at the same moment, was committed first."""
+    with db.session() as session:
+        return session.scalar(
+            select(Participant).where(Participant.experiment_id == exp_id, Participant.prolific_pid == pid)
+        )
 
 
 #: Built once: a Core executemany of plain rows (no ORM object or statement building per start).
