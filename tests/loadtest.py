@@ -292,10 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrent-starts", default="1",
                         help="with --burst: comma-separated ADVBIAS_CONCURRENT_STARTS values to compare, e.g. 1,64 "
                         "(64: no effective limit) (default 1)")
-    parser.add_argument("--baseline", type=Path, metavar="DIR",
-                        help="with --burst: also run every configuration, interleaved, with the server's packages "
-                        "taken from DIR (e.g. `git archive <commit> advbias experiment templates static`), for a "
-                        "before/after comparison in one run")
+    parser.add_argument("--code", type=Path, action="append", metavar="DIR",
+                        help="with --burst, repeatable: run every configuration, interleaved, with the server's "
+                        "packages taken from each DIR (e.g. a `git archive <commit> advbias experiment templates "
+                        "static` of the code before a change and one after it), labelled by the folder's name: "
+                        "before/after in one run (default: this tree's code only)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
@@ -401,7 +402,7 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
     databases = _Databases(args.postgres_url, args.no_private_postgres)
     try:
         gates = [int(g) for g in args.concurrent_starts.split(",") if g.strip()]
-        codes: list[Path | None] = [None] if args.baseline is None else [args.baseline.resolve(), None]
+        codes: list[Path | None] = [c.resolve() for c in args.code] if args.code else [None]
         for _ in range(args.repeat):
             for (backend, sync), gate, code in [(run, g, c) for run in runs for g in gates for c in codes]:
                 instance = Path(tempfile.mkdtemp(prefix=f"burst-{backend}-", dir=args.workdir))
@@ -412,9 +413,9 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
                 env.update(BENCHMARK_ENV)
                 env["ADVBIAS_CONCURRENT_STARTS"] = str(gate)
                 label = f"{backend}{' ' + sync if sync else ''}, {gate} start(s) at once"
-                if code is not None:  # the baseline's packages come first on the server's path
+                if code is not None:  # that folder's packages come first on the server's path
                     env["PYTHONPATH"] = str(code)
-                    label += ", baseline"
+                    label += f", code {code.name}"
                 try:
                     result = run_burst(label, url, instance.resolve(),
                                        setdir.resolve(), running=args.running, burst=args.burst,
