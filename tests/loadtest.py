@@ -297,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "packages taken from each DIR (e.g. a `git archive <commit> advbias experiment templates "
                         "static` of the code before a change and one after it), labelled by the folder's name: "
                         "before/after in one run (default: this tree's code only)")
+    parser.add_argument("--newcomers", default="process",
+                        help="with --burst, comma-separated: `process` (the newcomers' client in a process of its own, "
+                        "as other people's browsers are) and/or `threads` (threads of the running participants' client "
+                        "process, whose work then delays their answers too) (default process)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
@@ -403,8 +407,12 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
     try:
         gates = [int(g) for g in args.concurrent_starts.split(",") if g.strip()]
         codes: list[Path | None] = [c.resolve() for c in args.code] if args.code else [None]
+        ways = [w.strip() for w in args.newcomers.split(",") if w.strip()]
+        if not ways or not set(ways) <= {"process", "threads"}:
+            raise SystemExit("--newcomers takes process and/or threads")
+        plan = [(run, g, c, w) for run in runs for g in gates for c in codes for w in ways]
         for _ in range(args.repeat):
-            for (backend, sync), gate, code in [(run, g, c) for run in runs for g in gates for c in codes]:
+            for (backend, sync), gate, code, way in plan:
                 instance = Path(tempfile.mkdtemp(prefix=f"burst-{backend}-", dir=args.workdir))
                 url, drop = databases.get(backend, instance)
                 if url is None:
@@ -416,10 +424,13 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
                 if code is not None:  # that folder's packages come first on the server's path
                     env["PYTHONPATH"] = str(code)
                     label += f", code {code.name}"
+                if len(ways) > 1:
+                    label += f", newcomers' client: {way}"
                 try:
                     result = run_burst(label, url, instance.resolve(),
                                        setdir.resolve(), running=args.running, burst=args.burst,
-                                       workers=args.workers, threads=args.threads, env=env)
+                                       workers=args.workers, threads=args.threads, env=env,
+                                       newcomers_process=way == "process")
                 finally:
                     if drop is not None:
                         drop()
