@@ -259,7 +259,7 @@ def _summary(results: list[LoadResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python tests/loadtest.py",
         description="Web server load benchmark: N simulated participants take the whole study at once over HTTP.",
@@ -302,6 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "as other people's browsers are) and/or `threads` (threads of the running participants' client "
                         "process, whose work then delays their answers too) (default process)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--participants must be 1..100000 and --concurrency 1..512")
