@@ -64,11 +64,11 @@ def start(slug: str):  # type: ignore[no-untyped-def]
     data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
     limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
     policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window)
-    participant, created = participants.start_participant(
+    state, created = participants.start_participant(
         _db(), slug, data.get("prolific_pid"), data.get("study_id"), data.get("session_id"),
         token=data.get("token"), policy=policy,
     )
-    return jsonify(participants.state_of_participant(_db(), participant)), 201 if created else 200
+    return jsonify(state), 201 if created else 200
 
 
 @bp.get("/participants/<token>")

@@ -104,67 +104,76 @@ def _resume(found: Participant, study: str | None, sess: str | None, token: str 
 def start_participant(
     db: Database, slug: str, prolific_pid: Any = None, study_id: Any = None, session_id: Any = None,
     *, token: Any = None, policy: StartPolicy | None = None,
-) -> tuple[Participant, bool]:
+) -> tuple[dict[str, Any], bool]:
     """Create a participant (least-filled list, fresh seed) or resume the one with this PROLIFIC_PID.
 
+    Returns the participant's state (:func:`participant_state`) and whether it was created.
     Resuming needs the participant's token or their SESSION_ID (:func:`resume_allowed`);
     a new record is counted against ``policy``'s per-address limit.
+
+    Everything that does not need the experiment's lock happens before it is taken (the
+    identity look-up, the start limit, the new record's secrets), so the locked section is
+    only "lock, count the lists, insert the participant and its trials, commit". A second
+    start for the same PROLIFIC_PID racing this one cannot make a second record: the
+    unique constraint refuses it, and the loser resumes the winner.
     """
     pid = clean_id(prolific_pid, "PROLIFIC_PID")
     study = clean_id(study_id, "STUDY_ID")
     sess = clean_id(session_id, "SESSION_ID")
     own = clean_id(token, "token")
     with db.session() as session:
-        exp = get_experiment(session, slug)
+        exp = get_experiment(session, slug)  # detached afterwards: its columns stay readable
         if pid is not None:
             found = session.scalar(
                 select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
             )
             if found is not None:
-                return _resume(found, study, sess, own), False
+                return participant_state(session, _resume(found, study, sess, own)), False
         elif exp.settings.get("require_prolific_pid"):
             raise Forbidden("this study takes part through Prolific: open it from your Prolific study page")
         if not exp.active:
             raise Forbidden("this study is not accepting new participants")
         design = load_design(session, exp)
-        exp_id = exp.id
     if policy is not None:
         policy.admit(db)
+    seed = secrets.randbelow(2**31)
+    participant = Participant(
+        experiment_id=exp.id, public_id=secrets.token_hex(8), token=secrets.token_urlsafe(24),
+        prolific_pid=pid, study_id=study, session_id=sess, seed=seed, status="in_progress", next_index=0,
+    )
     try:
         with db.write() as session:
-            # Serialise assignments within this experiment (a no-op lock on SQLite, which already holds one).
-            exp = session.scalar(select(Experiment).where(Experiment.id == exp_id).with_for_update())
-            assert exp is not None
-            if pid is not None:
-                found = session.scalar(
-                    select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
-                )
-                if found is not None:
-                    return _resume(found, study, sess, own), False
-            counts = list_counts(session, exp)
-            list_index = counts.index(min(counts))
-            seed = secrets.randbelow(2**31)
-            specs = design.participant_trials(list_index, seed)
-            participant = Participant(
-                experiment_id=exp.id, public_id=secrets.token_hex(8), token=secrets.token_urlsafe(24),
-                prolific_pid=pid, study_id=study, session_id=sess, list_index=list_index, seed=seed,
-                status="in_progress", n_trials=len(specs), next_index=0,
-            )
+            participant.list_index = _least_filled_list(session, exp)
+            specs = design.participant_trials(participant.list_index, seed)
+            participant.n_trials = len(specs)
             session.add(participant)
             session.flush()
             # One bulk INSERT of plain rows (no ORM object per trial): the start is the heaviest call in a burst.
             session.execute(_INSERT_TRIALS, [_trial_row(participant.id, i, s) for i, s in enumerate(specs)])
-        return participant, True
+        return _state(participant, exp.settings, sum(s.kind == "practice" for s in specs)), True
     except IntegrityError:
         if pid is None:
             raise
-        with db.session() as session:  # the same PROLIFIC_PID arrived twice at once: resume the winner
-            found = session.scalar(
-                select(Participant).where(Participant.experiment_id == exp_id, Participant.prolific_pid == pid)
-            )
-            if found is None:
-                raise
-            return _resume(found, study, sess, own), False
+    with db.session() as session:  # the same PROLIFIC_PID started twice at once and the other start won
+        winner = session.scalar(
+            select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
+        )
+        if winner is None:
+            raise Conflict("this PROLIFIC_PID is starting in another window right now: please try again")
+        return participant_state(session, _resume(winner, study, sess, own)), False
+
+
+def _least_filled_list(session: Session, exp: Experiment) -> int:
+    """Lock the experiment's row and return its least-filled list (the lowest index among equals).
+
+    The lock (PostgreSQL ``FOR UPDATE``; a no-op on SQLite, whose write transaction already
+    excludes every other writer) is held until the participant is committed, so two
+    starts can never both see the same list as least filled. Only the id is locked and
+    read: the row's JSON columns stay on the server.
+    """
+    session.execute(select(Experiment.id).where(Experiment.id == exp.id).with_for_update())
+    counts = list_counts(session, exp)
+    return counts.index(min(counts))
 
 
 #: Built once: a Core executemany of plain rows (no ORM object or statement building per start).
@@ -195,10 +204,14 @@ def participant_state(session: Session, participant: Participant) -> dict[str, A
     """What the participant's browser may know: progress and, once finished, the code. No design details."""
     exp = session.get(Experiment, participant.experiment_id)
     assert exp is not None
-    settings = exp.settings
     n_practice = session.scalar(
         select(func.count()).select_from(Trial).where(Trial.participant_id == participant.id, Trial.kind == "practice")
     )
+    return _state(participant, exp.settings, n_practice or 0)
+
+
+def _state(participant: Participant, settings: dict[str, Any], n_practice: int) -> dict[str, Any]:
+    """:func:`participant_state` from what is already known (a start knows it without asking the database)."""
     code = None
     if participant.prolific_pid:  # an anonymous participant has no Prolific submission to complete
         if participant.status == "completed":
@@ -226,12 +239,6 @@ def state_of(db: Database, token: Any) -> dict[str, Any]:
     """The participant's state (:func:`participant_state`) by token; raises NotFound."""
     with db.session() as session:
         return participant_state(session, get_participant(session, token))
-
-
-def state_of_participant(db: Database, participant: Participant) -> dict[str, Any]:
-    """The state of a participant just started or resumed."""
-    with db.session() as session:
-        return participant_state(session, participant)
 
 
 def record_consent(db: Database, token: Any) -> dict[str, Any]:

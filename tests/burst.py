@@ -47,6 +47,7 @@ class BurstResult:
     check: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    newcomers_process: bool = True  # the newcomers' client in a process of its own (False: threads of this one)
 
     @property
     def ratio(self) -> float:
@@ -119,17 +120,86 @@ def _newcomer(url: str, person: SimulatedParticipant, gate: threading.Barrier, o
         client.close()
 
 
+def _arrive(url: str, slug: str, burst: int, conn: Any) -> None:
+    """The newcomers' own process: ``burst`` threads start at the moment the parent sends.
+
+    Real newcomers are other people's browsers: their client work must not compete for the
+    interpreter with the running participants' client (150 threads waking at one instant in
+    the same process would delay the running participants' answers before they are sent).
+    ``time.monotonic()`` is the system's monotonic clock, the same in both processes.
+    """
+    newcomers = [SimulatedParticipant(slug, f"new-{i:04d}") for i in range(burst)]
+    gate = threading.Barrier(burst + 1)
+    starts: list[tuple[float, float, int, int]] = []
+    errors: list[str] = []
+    arrivals = [threading.Thread(target=_newcomer, args=(url, p, gate, starts, errors), daemon=True)
+                for p in newcomers]
+    for t in arrivals:
+        t.start()
+    conn.send("ready")
+    burst_at = conn.recv()
+    time.sleep(max(0.0, burst_at - time.monotonic()))
+    gate.wait()
+    for t in arrivals:
+        t.join(timeout=120)
+    conn.send((starts, errors))
+
+
+class _Newcomers:
+    """The burst's newcomers, in this process (threads) or in a process of their own."""
+
+    def __init__(self, url: str, slug: str, burst: int, own_process: bool) -> None:
+        import multiprocessing
+
+        self.own_process = own_process
+        if own_process:
+            self.conn, child = multiprocessing.Pipe()
+            self.process = multiprocessing.get_context("spawn").Process(
+                target=_arrive, args=(url, slug, burst, child), daemon=True)
+            self.process.start()
+            if not self.conn.poll(60) or self.conn.recv() != "ready":
+                raise RuntimeError("the newcomers' process did not get ready")
+            return
+        self.starts: list[tuple[float, float, int, int]] = []
+        self.errors: list[str] = []
+        self.gate = threading.Barrier(burst + 1)
+        self.arrivals = [threading.Thread(target=_newcomer, args=(url, SimulatedParticipant(slug, f"new-{i:04d}"),
+                                                                  self.gate, self.starts, self.errors), daemon=True)
+                         for i in range(burst)]
+        for t in self.arrivals:
+            t.start()
+
+    def arrive(self, burst_at: float) -> tuple[list[tuple[float, float, int, int]], list[str]]:
+        """Let every newcomer arrive at ``burst_at`` (time.monotonic()); their (arrived, started, retries, status)."""
+        if self.own_process:
+            self.conn.send(burst_at)
+            if not self.conn.poll(150):
+                raise RuntimeError("the newcomers did not all finish starting")
+            starts, errors = self.conn.recv()
+            self.process.join(10)
+            return starts, errors
+        time.sleep(max(0.0, burst_at - time.monotonic()))
+        self.gate.wait()
+        for t in self.arrivals:
+            t.join(timeout=120)
+        return self.starts, self.errors
+
+
 def run_burst(backend: str, database_url: str, instance: Path, setdir: Path, *, running: int, burst: int,
               workers: int, threads: int, pace_s: float = 1.0, before_s: float = 8.0, after_s: float = 2.0,
-              env: dict[str, str] | None = None) -> BurstResult:
-    """One burst measurement against a fresh experiment in ``database_url``."""
+              env: dict[str, str] | None = None, newcomers_process: bool = True) -> BurstResult:
+    """One burst measurement against a fresh experiment in ``database_url``.
+
+    ``newcomers_process``: the newcomers' client runs in a process of its own (as other people's
+    browsers do), so that only the server's work shows in the running participants' latency.
+    """
     import os
 
     from loadtest import prepare_database
 
     slug = f"burst-{uuid.uuid4().hex[:8]}"
     prepare_database(database_url, instance, setdir, slug, {"completion_code": "BURSTDONE"})
-    result = BurstResult(backend, workers, threads, running, burst, pace_s)
+    result = BurstResult(backend, workers, threads, running, burst, pace_s, newcomers_process=newcomers_process)
     # Enough prepared participants per slot to keep answering through the whole measurement.
     per_slot = 2 + int((before_s + after_s + 10) / (12 * pace_s))
     server = ServerProcess(instance, database_url, workers=workers, threads=threads, env=dict(env or {}),
@@ -140,22 +210,14 @@ def run_burst(backend: str, database_url: str, instance: Path, setdir: Path, *, 
         stop = threading.Event()
         errors: list[str] = []
         slots = [_Answering(server.url, people[s], pace_s, pace_s * s / running, stop, errors) for s in range(running)]
-        newcomers = [SimulatedParticipant(slug, f"new-{i:04d}") for i in range(burst)]
-        gate = threading.Barrier(burst + 1)
-        starts: list[tuple[float, float, int, int]] = []
-        arrivals = [threading.Thread(target=_newcomer, args=(server.url, p, gate, starts, errors), daemon=True)
-                    for p in newcomers]
-        for t in arrivals:
-            t.start()
+        newcomers = _Newcomers(server.url, slug, burst, newcomers_process)
         t0 = time.monotonic() + 0.2
         answering = [threading.Thread(target=s.run, args=(t0,), daemon=True) for s in slots]
         for t in answering:
             t.start()
-        time.sleep(max(0.0, t0 + before_s - time.monotonic()))
-        burst_at = time.monotonic()
-        gate.wait()
-        for t in arrivals:
-            t.join(timeout=120)
+        burst_at = t0 + before_s
+        starts, newcomer_errors = newcomers.arrive(burst_at)
+        errors.extend(newcomer_errors)
         burst_end = max((end for _, end, _, _ in starts), default=burst_at)
         time.sleep(after_s)
         stop.set()
@@ -198,7 +260,8 @@ def report(r: BurstResult) -> str:
     b, d, s = r.before, r.during, r.starts
     return "\n".join([
         f"{r.backend}: gunicorn {r.workers} worker(s) x {r.threads} thread(s); {r.running} participants answering "
-        f"once every {r.pace_s:g} s, then {r.burst} starts at one instant",
+        f"once every {r.pace_s:g} s, then {r.burst} starts at one instant "
+        f"({'from a client process of their own' if r.newcomers_process else 'from threads of the same client process'})",
         f"  answers before the burst: n={b['n']:.0f} p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms, "
         f"max {b['max_ms']:.1f} ms",
         f"  answers during the burst ({r.burst_seconds:.2f} s): n={d['n']:.0f} p50 {d['p50_ms']:.1f} ms, "

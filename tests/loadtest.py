@@ -259,7 +259,7 @@ def _summary(results: list[LoadResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python tests/loadtest.py",
         description="Web server load benchmark: N simulated participants take the whole study at once over HTTP.",
@@ -292,7 +292,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrent-starts", default="1",
                         help="with --burst: comma-separated ADVBIAS_CONCURRENT_STARTS values to compare, e.g. 1,64 "
                         "(64: no effective limit) (default 1)")
+    parser.add_argument("--code", type=Path, action="append", metavar="DIR",
+                        help="with --burst, repeatable: run every configuration, interleaved, with the server's "
+                        "packages taken from each DIR (e.g. a `git archive <commit> advbias experiment templates "
+                        "static` of the code before a change and one after it), labelled by the folder's name: "
+                        "before/after in one run (default: this tree's code only)")
+    parser.add_argument("--newcomers", default="process",
+                        help="with --burst, comma-separated: `process` (the newcomers' client in a process of its own, "
+                        "as other people's browsers are) and/or `threads` (threads of the running participants' client "
+                        "process, whose work then delays their answers too) (default process)")
     parser.add_argument("--keep", action="store_true", help="keep each run's instance folder (database, server log)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if not 1 <= args.participants <= 100_000 or not 1 <= args.concurrency <= 512:
         parser.error("--participants must be 1..100000 and --concurrency 1..512")
@@ -397,8 +411,13 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
     databases = _Databases(args.postgres_url, args.no_private_postgres)
     try:
         gates = [int(g) for g in args.concurrent_starts.split(",") if g.strip()]
+        codes: list[Path | None] = [c.resolve() for c in args.code] if args.code else [None]
+        ways = [w.strip() for w in args.newcomers.split(",") if w.strip()]
+        if not ways or not set(ways) <= {"process", "threads"}:
+            raise SystemExit("--newcomers takes process and/or threads")
+        plan = [(run, g, c, w) for run in runs for g in gates for c in codes for w in ways]
         for _ in range(args.repeat):
-            for (backend, sync), gate in [(run, g) for run in runs for g in gates]:
+            for (backend, sync), gate, code, way in plan:
                 instance = Path(tempfile.mkdtemp(prefix=f"burst-{backend}-", dir=args.workdir))
                 url, drop = databases.get(backend, instance)
                 if url is None:
@@ -406,10 +425,17 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
                 env = {"ADVBIAS_SQLITE_SYNCHRONOUS": sync} if sync else {}
                 env.update(BENCHMARK_ENV)
                 env["ADVBIAS_CONCURRENT_STARTS"] = str(gate)
+                label = f"{backend}{' ' + sync if sync else ''}, {gate} start(s) at once"
+                if code is not None:  # that folder's packages come first on the server's path
+                    env["PYTHONPATH"] = str(code)
+                    label += f", code {code.name}"
+                if len(ways) > 1:
+                    label += f", newcomers' client: {way}"
                 try:
-                    result = run_burst(f"{backend}{' ' + sync if sync else ''}, {gate} start(s) at once", url, instance.resolve(),
+                    result = run_burst(label, url, instance.resolve(),
                                        setdir.resolve(), running=args.running, burst=args.burst,
-                                       workers=args.workers, threads=args.threads, env=env)
+                                       workers=args.workers, threads=args.threads, env=env,
+                                       newcomers_process=way == "process")
                 finally:
                     if drop is not None:
                         drop()

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from experiment.admission import MIN_RETRY_MS, StartGate
-from experiment.models import Experiment, Participant
+from experiment.models import Experiment, Participant, Trial
 
 
 def test_gate_admits_one_start_and_schedules_the_others() -> None:
@@ -114,3 +114,19 @@ def test_burst_of_starts_through_gunicorn(live_study) -> None:  # type: ignore[n
     assert sum(counts) == 44 and max(counts) - min(counts) <= 1, counts
     check = compare([a for p in runners for a in p.acks], stored_answers(live_study.database_url, slug))
     assert check["lost"] == 0 and check["duplicated"] == 0 and check["acknowledged"] == 4 * 12
+
+
+def test_a_start_answers_with_the_state_it_stored(client, db, experiment) -> None:  # type: ignore[no-untyped-def]
+    """A new participant's state is built from what the start knows, without reading it back: it must be
+    exactly what the database holds (the same as a later ``GET``), for a new and for a resumed participant."""
+    url = f"/api/v1/experiments/{experiment}/participants"
+    created = client.post(url, json={"prolific_pid": "fresh", "study_id": "ST", "session_id": "S1"})
+    assert created.status_code == 201
+    state = created.get_json()
+    stored = client.get(f"/api/v1/participants/{state['token']}")
+    assert stored.status_code == 200 and stored.get_json() == state
+    with db.session() as s:
+        n_practice = s.scalar(select(func.count()).select_from(Trial).where(Trial.kind == "practice"))
+    assert state["n_practice"] == n_practice > 0 and state["n_trials"] == 12 and state["status"] == "in_progress"
+    resumed = client.post(url, json={"prolific_pid": "fresh", "study_id": "ST", "session_id": "S1"})
+    assert resumed.status_code == 200 and resumed.get_json() == state
