@@ -27,7 +27,6 @@ from advbias.manifest import COLUMNS, IMAGE_CONDITIONS
 
 #: The manifest's columns and image conditions are owned by :mod:`advbias.manifest`.
 MANIFEST_COLUMNS = COLUMNS
-CONDITIONS = IMAGE_CONDITIONS
 
 #: zlib level for PNGs. Fixed so that the same pixels always give the same bytes
 #: (and therefore the same stimulus_id) on a given zlib build.
@@ -194,7 +193,7 @@ def sort_key(row: Mapping[str, Any]) -> tuple:
         0 if condition == "clean" else 1,
         str(row.get("pair") or ""),
         int(row.get("eps") or 0),
-        CONDITIONS.index(condition),
+        IMAGE_CONDITIONS.index(condition),
         str(row.get("target") or ""),
         str(row["stimulus_id"]),
     )

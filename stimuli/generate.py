@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from advbias.manifest import pair_key
+from advbias.manifest import IMAGE_CONDITIONS, pair_key
 from stimuli.dist import Dist, resolve_device
-from stimuli.files import CONDITIONS, atomic_write_json, read_rows, save_stimulus, sort_key, write_rows
+from stimuli.files import atomic_write_json, read_rows, save_stimulus, sort_key, write_rows
 from stimuli.params import (
     DEFAULT_RECIPE,
     SET_FORMAT,
@@ -263,7 +263,7 @@ def _compute_unit(unit: Sequence[Source], k: int, params: SetParams, setdir: Pat
 
 def _count(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     counts: dict[str, Any] = {"stimuli": len(rows), "sources": len({r["source_sha256"] for r in rows})}
-    for c in CONDITIONS:
+    for c in IMAGE_CONDITIONS:
         counts[c] = sum(1 for r in rows if r["condition"] == c)
     counts["pair_keys"] = len({r["pair_key"] for r in rows if r["pair_key"]})
     return counts
@@ -319,7 +319,8 @@ class _StepsToImages:
         self.bar, self.per_photo = bar, per_photo
 
     def update(self, n: int) -> None:
-        self.bar.update(n / self.per_photo)
+        # Float steps can add up to a hair past the total; the bar is set exactly after each unit.
+        self.bar.update(max(0.0, min(n / self.per_photo, self.bar.total - self.bar.n)))
 
 
 def _plan(params: SetParams, setdir: Path, dist: Dist) -> tuple:

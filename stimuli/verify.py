@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from advbias.manifest import pair_key
+from advbias.manifest import IMAGE_CONDITIONS, pair_key
 from stimuli.files import (
     ALLOWED_PNG_CHUNKS,
-    CONDITIONS,
     decode_png,
     png_chunks,
     read_rows,
@@ -105,7 +104,7 @@ def _check_rows(rows: list[dict[str, str]], design: _Design, bad: Any) -> dict[s
             bad(f"{where}: stimulus_id {sid!r} is not a sha256 hex digest")
         if row["file"] != f"images/{sid}.png":
             bad(f"{where}: file {row['file']!r} should be images/{sid}.png")
-        if cond not in CONDITIONS:
+        if cond not in IMAGE_CONDITIONS:
             bad(f"{where}: unknown condition {cond!r}")
             continue
         try:
@@ -201,7 +200,7 @@ def _check_folder(setdir: Path, rows: list[dict[str, str]], by_source: dict, met
                 bad(f"{rel}: file not listed in the manifest")
     counts = meta.get("counts") or {}
     actual = {"stimuli": len(rows), "sources": len(by_source)}
-    for c in CONDITIONS:
+    for c in IMAGE_CONDITIONS:
         actual[c] = sum(1 for r in rows if r["condition"] == c)
     for k, v in actual.items():
         if k in counts and counts[k] != v:
