@@ -15,6 +15,52 @@ Written by ``advbias stimuli observe`` and read by ``advbias analyze --observers
 """
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+from typing import Any
+
 COLUMNS: tuple[str, ...] = ("model", "role", "condition", "eps", "n_judgments", "bias", "ci_low", "ci_high")
 ROLES: tuple[str, ...] = ("attacked", "held_out", "other")
 FILENAME = "observers.csv"
+
+_INTS = ("eps", "n_judgments")
+_FLOATS = ("bias", "ci_low", "ci_high")
+
+
+def read(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check an observers.csv (or the one in a set folder); ``ValueError`` names the first problem.
+
+    The one reader of the format: ``stimuli report`` and ``advbias analyze --observers`` both use it.
+    Returns the rows in file order with ``eps``/``n_judgments`` as int and the shares as float.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    if not path.is_file():
+        raise FileNotFoundError(f"observers file not found: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+            rows = [_typed(rec, path, line) for line, rec in enumerate(reader, start=2)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable observers CSV: {exc}") from None
+    if not rows:
+        raise ValueError(f"{path} has a header but no rows")
+    return rows
+
+
+def _typed(rec: dict[str, str], path: Path, line: int) -> dict[str, Any]:
+    row: dict[str, Any] = {c: rec[c] for c in COLUMNS}
+    if row["role"] not in ROLES:
+        raise ValueError(f"{path} line {line}: role {row['role']!r} is not one of {', '.join(ROLES)}")
+    for column, kind in [(c, int) for c in _INTS] + [(c, float) for c in _FLOATS]:
+        try:
+            row[column] = kind(rec[column])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} line {line}: column '{column}' must be numeric, found {rec[column]!r}") from None
+    if not 0.0 <= row["bias"] <= 1.0:
+        raise ValueError(f"{path} line {line}: column 'bias' must lie between 0 and 1")
+    return row

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from advbias.observers import COLUMNS, ROLES
+from advbias.observers import COLUMNS, read
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -21,36 +21,13 @@ HUMAN_VS_MACHINE_COLUMNS = ("condition", "eps", "model", "role", "machine_bias",
 
 
 def read_observers(path: str | Path) -> "pd.DataFrame":
-    """Read and check an ``observers.csv``; a :class:`ValueError` names the first problem."""
+    """An ``observers.csv`` (checked by :func:`advbias.observers.read`) as a tidy DataFrame."""
     import pandas as pd
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "observers.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"observers file not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype={"model": "string", "role": "string", "condition": "string"})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable observers CSV: {str(exc).splitlines()[0]}") from None
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
-    if frame.empty:
-        raise ValueError(f"{path} has a header but no rows")
-    bad_role = ~frame["role"].isin(list(ROLES))
-    if bad_role.any():
-        raise ValueError(f"{path}: role {frame.loc[bad_role, 'role'].iloc[0]!r} is not one of {', '.join(ROLES)}")
-    for column in ("eps", "n_judgments", "bias", "ci_low", "ci_high"):
-        values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            first = frame.loc[values.isna(), column].iloc[0]
-            raise ValueError(f"{path}: column '{column}' must be numeric, found {first!r}")
-        frame[column] = values
-    if ((frame["bias"] < 0) | (frame["bias"] > 1)).any():
-        raise ValueError(f"{path}: column 'bias' must lie between 0 and 1")
-    frame["eps"] = frame["eps"].astype(int)
-    return frame[list(COLUMNS)]
+    frame = pd.DataFrame(read(path), columns=list(COLUMNS))
+    for column in ("model", "role", "condition"):
+        frame[column] = frame[column].astype("string")
+    return frame
 
 
 def human_vs_machine(bias_by_eps: "pd.DataFrame", observers: "pd.DataFrame") -> "pd.DataFrame":

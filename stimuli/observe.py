@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from advbias.observers import COLUMNS, FILENAME
+from advbias.observers import COLUMNS, FILENAME, read as read_observers
 from stimuli.files import atomic_write_text, decode_png, read_rows, rows_to_csv
 
 #: Trial types, and the manifest condition of the image shown beside the perturbed one.
@@ -147,18 +147,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def read_observers(path: Path) -> list[dict[str, str]]:
-    """The rows of an observers.csv, checked against the columns :mod:`advbias.observers` declares."""
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
-        return list(reader)
 
 
 def observers_figure(setdir: Path) -> str | None:

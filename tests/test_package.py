@@ -84,6 +84,10 @@ def test_readers_use_the_owners_columns() -> None:
     assert experiment.export.COLUMNS is advbias.export.COLUMNS
     assert analysis.data.EXPORT_COLUMNS is advbias.export.COLUMNS
     assert set(advbias.export.REQUIRED_COLUMNS) <= set(advbias.export.COLUMNS)
+    import advbias.observers
+    import stimuli.observe
+
+    assert stimuli.observe.read_observers is advbias.observers.read  # one reader of observers.csv
 
 
 def test_manifest_written_by_stimuli_reads_back(stimulus_set: Path) -> None:
