@@ -40,9 +40,11 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-## bench: attack-engine benchmark (foolbox vs batched engine vs forward+backward floor)
+## bench: attack-engine benchmarks: foolbox vs batched engine vs forward+backward floor (warm), and the
+##        first call in a fresh process (cold); `advbias bench transfer` (hours on a CPU) is run by hand
 bench: install
 	$(ADVBIAS) bench attack
+	$(ADVBIAS) bench cold --rounds 5
 
 ## loadtest: web-server load benchmark (not a test): LOAD_PARTICIPANTS simulated participants take the study at
 ##           once over HTTP against gunicorn, on SQLite (FULL, NORMAL) and PostgreSQL, paced (each participant
