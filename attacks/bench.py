@@ -152,11 +152,15 @@ def main(args) -> int:
     result = run(device=args.device, images=args.images, steps=args.steps,
                  eps_levels=[int(e) for e in args.eps.split(",")], targets=[int(t) for t in args.targets.split(",")],
                  ensemble=args.ensemble.split(","), single=args.model, rounds=args.rounds, threads=args.threads)
-    table = to_markdown(result)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**result, "markdown": table}, f, indent=2)
+    return publish(result, to_markdown(result), args.out)
+
+
+def publish(result: dict, text: str, out: str | None) -> int:
+    """Print a benchmark's table (or summary) and, with ``--out``, write the results and the text as JSON."""
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            json.dump({**result, "markdown": text}, f, indent=2)
     return 0
 
 
@@ -216,11 +220,9 @@ def main_cold(args) -> int:
     result = cold(model=args.model, images=args.images, eps_levels=[int(e) for e in args.eps.split(",")],
                   targets=[int(t) for t in args.targets.split(",")], steps=args.steps, rounds=args.rounds,
                   threads=args.threads)
-    print(f"Cold (fresh process) first call, {result['work']}:")
+    lines = [f"Cold (fresh process) first call, {result['work']}:"]
     for method, secs in result["runs"].items():
-        print(f"  {method}: " + ", ".join(f"{s:.2f} s" for s in secs) + f"  (median {result['median_seconds'][method]:.2f} s)")
-    print(f"  engine speed-up: {result['engine_speedup']:.2f}x")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+        lines.append(f"  {method}: " + ", ".join(f"{s:.2f} s" for s in secs)
+                     + f"  (median {result['median_seconds'][method]:.2f} s)")
+    lines.append(f"  engine speed-up: {result['engine_speedup']:.2f}x")
+    return publish(result, "\n".join(lines), args.out)

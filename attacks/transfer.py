@@ -20,7 +20,6 @@ a recipe can be chosen on some and confirmed on others (``docs/benchmarks.md``).
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -248,9 +247,6 @@ def main(args) -> int:
                  heldout=[m.strip() for m in args.heldout.split(",") if m.strip()] or None,
                  photos=parse_photos(args.photos), targets=[t.strip() for t in args.targets.split(",") if t.strip()],
                  eps_levels=eps, device=args.device, seed=args.seed, threads=args.threads, log=sys.stderr)
-    table = to_markdown(result)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({**result, "markdown": table}, f, indent=2)
-    return 0
+    from .bench import publish
+
+    return publish(result, to_markdown(result), args.out)
