@@ -59,7 +59,7 @@ def test_the_attacked_model_is_fooled_nearly_always(observed):
 
 
 def _probability(model, setdir: Path, row: dict[str, str], category: str) -> float:
-    px = np.asarray(Image.open(setdir / row["file"]).convert("RGB"))
+    px = np.array(Image.open(setdir / row["file"]).convert("RGB"))  # a writable copy for torch
     x = torch.from_numpy(px).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         p = model(x).softmax(dim=1)[0]
