@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import requests  # noqa: E402
 
 from advbias.client import Participant  # noqa: E402
-from loadtest import drive, ensure_stimulus_set, percentile, prepare_database  # noqa: E402
-from servers import ServerProcess  # noqa: E402
+from loadtest import drive, ensure_stimulus_set, prepare_database  # noqa: E402
+from servers import ServerProcess, percentile  # noqa: E402
 
 
 def guess(url: str, stop: threading.Event, tally: collections.Counter, lock: threading.Lock) -> None:

@@ -14,19 +14,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from advbias.client import HttpClient, Participant as SimulatedParticipant, ProtocolError
-from servers import ServerProcess, compare, stored_answers
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of any list."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, int(round(q / 100 * len(ordered) + 0.5 - 1e-9)))
-    return ordered[min(rank, len(ordered)) - 1]
+from servers import ServerProcess, compare, percentile, stored_answers
 
 
 @dataclass

@@ -9,6 +9,7 @@ Run as ``python tests/loadtest.py``.
 """
 
 import argparse
+from contextlib import contextmanager
 import collections
 import http.client
 import json
@@ -21,11 +22,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 
 from advbias.client import HttpClient, Participant as SimulatedParticipant, ProtocolError
-from servers import (PrivatePostgres, ServerProcess, _scratch_postgres, compare, stored_answers)
+from servers import (PrivatePostgres, ServerProcess, _scratch_postgres, compare, percentile, stored_answers)
 
 #: The small stimulus set the benchmark builds when none is given (same as the test suite's).
 SET_PARAMS: dict[str, Any] = dict(
@@ -38,14 +39,6 @@ SET_PARAMS: dict[str, Any] = dict(
 BENCHMARK_ENV: dict[str, str] = {"ADVBIAS_START_LIMIT": "0"}
 
 # =========================================================================== the benchmark
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list (q in 0..100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, int(round(q / 100 * len(sorted_values) + 0.5 - 1e-9)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
 
 @dataclass
 class LoadResult:
@@ -305,6 +298,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _scratch(databases: Any, backend: str, args: argparse.Namespace, prefix: str) -> Iterator[tuple[Path, str | None]]:
+    """A fresh instance folder and database for one run (url None: that back end is not available here);
+    both are removed afterwards unless --keep."""
+    instance = Path(tempfile.mkdtemp(prefix=prefix, dir=args.workdir))
+    url, drop = databases.get(backend, instance)
+    try:
+        yield instance.resolve(), url
+    finally:
+        if drop is not None:
+            drop()
+        if not args.keep or url is None:
+            shutil.rmtree(instance, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -337,20 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     databases = _Databases(args.postgres_url, args.no_private_postgres)
     try:
         for (backend, sync), rate in plan:
-            instance = Path(tempfile.mkdtemp(prefix=f"{backend}-", dir=args.workdir))
-            url, drop = databases.get(backend, instance)
-            if url is None:
-                shutil.rmtree(instance, ignore_errors=True)
-                continue
-            try:
-                result = run_load(backend, url, instance.resolve(), setdir.resolve(), participants=args.participants,
+            with _scratch(databases, backend, args, f"{backend}-") as (instance, url):
+                if url is None:
+                    continue
+                result = run_load(backend, url, instance, setdir.resolve(), participants=args.participants,
                                   concurrency=args.concurrency, workers=args.workers, threads=args.threads,
                                   sqlite_synchronous=sync, rate=rate)
-            finally:
-                if drop is not None:
-                    drop()
-                if not args.keep:
-                    shutil.rmtree(instance, ignore_errors=True)
             results.append(result)
             print(_report(result), flush=True)
     finally:
@@ -418,10 +418,6 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
         plan = [(run, g, c, w) for run in runs for g in gates for c in codes for w in ways]
         for _ in range(args.repeat):
             for (backend, sync), gate, code, way in plan:
-                instance = Path(tempfile.mkdtemp(prefix=f"burst-{backend}-", dir=args.workdir))
-                url, drop = databases.get(backend, instance)
-                if url is None:
-                    continue
                 env = {"ADVBIAS_SQLITE_SYNCHRONOUS": sync} if sync else {}
                 env.update(BENCHMARK_ENV)
                 env["ADVBIAS_CONCURRENT_STARTS"] = str(gate)
@@ -431,16 +427,13 @@ def _main_burst(args: argparse.Namespace, runs: list[tuple[str, str | None]], se
                     label += f", code {code.name}"
                 if len(ways) > 1:
                     label += f", newcomers' client: {way}"
-                try:
-                    result = run_burst(label, url, instance.resolve(),
+                with _scratch(databases, backend, args, f"burst-{backend}-") as (instance, url):
+                    if url is None:
+                        continue
+                    result = run_burst(label, url, instance,
                                        setdir.resolve(), running=args.running, burst=args.burst,
                                        workers=args.workers, threads=args.threads, env=env,
                                        newcomers_process=way == "process")
-                finally:
-                    if drop is not None:
-                        drop()
-                    if not args.keep:
-                        shutil.rmtree(instance, ignore_errors=True)
                 results.append(result)
                 print(report(result), flush=True)
     finally:
