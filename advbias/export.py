@@ -7,6 +7,8 @@ them. One row per answered trial, in the spirit of jsPsych's data.
 """
 from __future__ import annotations
 
+from advbias.trials import MAIN_TRIAL_TYPES, TRIAL_TYPES  # noqa: F401  (the ``condition`` values)
+
 #: Column order of the export.
 COLUMNS: tuple[str, ...] = (
     "experiment", "participant", "prolific_pid", "study_id", "session_id", "participant_status", "list", "seed",
@@ -32,11 +34,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 
 #: Values of ``kind``.
 KINDS: tuple[str, ...] = ("practice", "main", "catch")
-#: The main trial types: what is shown beside the image perturbed toward the asked category
-#: (``targets``: the image perturbed toward the other category; ``vs_X``: the ``X`` control).
-MAIN_TRIAL_TYPES: tuple[str, ...] = ("targets", "vs_clean", "vs_flip", "vs_noise")
-#: Values of ``condition``: the main trial types and ``catch``.
-TRIAL_TYPES: tuple[str, ...] = MAIN_TRIAL_TYPES + ("catch",)
+#: Values of ``condition``: ``TRIAL_TYPES``, imported above from :mod:`advbias.trials` (its main trial
+#: types: ``targets``, the image perturbed toward the other category beside it; ``vs_X``, the ``X``
+#: control; and ``catch``).
 #: Values of ``participant_status``.
 STATUSES: tuple[str, ...] = ("in_progress", "completed", "screened_out")
 SIDES: tuple[str, ...] = ("left", "right")

@@ -2,9 +2,12 @@
 
 This module owns the format (``docs/manifest.md`` documents every column): the
 column names and order, the image conditions, the ``pair_key`` rule, and the
-validating reader that every consumer uses. ``stimuli`` writes rows with these
-columns; ``experiment`` and the simulated participants read them through
-:func:`read_manifest`. Plain ``csv`` only, so reading a set needs no torch.
+validating reader and the writer that every consumer uses. ``stimuli`` writes the
+manifest (and its unit journals, which are manifests of a few photos) with
+:func:`write_manifest` and reads them back with :func:`read_records`; ``experiment`` and
+the simulated participants read them through :func:`read_manifest`. The folder layout
+(where the manifest and the images lie) is :mod:`advbias.setdir`'s. Plain ``csv`` only,
+so reading a set needs no torch.
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from advbias.setdir import MANIFEST_NAME, atomic_write_text, csv_text, image_file, manifest_path
 
 #: Manifest columns, in file order.
 COLUMNS: tuple[str, ...] = (
@@ -79,8 +85,8 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     sid = (rec["stimulus_id"] or "").strip()
     if not _HEX64.match(sid):
         raise ValueError(f"{where}: stimulus_id {sid!r} is not a 64-digit lowercase hex sha256")
-    if rec["file"] != f"images/{sid}.png":
-        raise ValueError(f"{where}: file {rec['file']!r} should be images/{sid}.png")
+    if rec["file"] != image_file(sid):
+        raise ValueError(f"{where}: file {rec['file']!r} should be {image_file(sid)}")
     cond = rec["condition"]
     if cond not in IMAGE_CONDITIONS:
         raise ValueError(f"{where}: condition {cond!r} is not one of {', '.join(IMAGE_CONDITIONS)}")
@@ -112,24 +118,96 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     )
 
 
+def _open_records(path: Path, required: tuple[str, ...]) -> tuple[list[dict[str, str]], str]:
+    """The raw records of a manifest-shaped CSV after the header check (``path`` named in errors)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is not a stimulus set: {path.name} is missing")
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
+            return [dict(rec) for rec in reader], path.name
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable manifest CSV: {exc}") from None
+
+
+def _validated(path: Path, required: tuple[str, ...],
+               on_problem: Callable[[str], None] | None) -> list[tuple[dict[str, str], StimulusRow | None]]:
+    """Every record with its parsed row; a bad record raises, or with ``on_problem`` is reported and kept."""
+    records, name = _open_records(path, required)
+    out: list[tuple[dict[str, str], StimulusRow | None]] = []
+    seen: set[str] = set()
+    for line, rec in enumerate(records, start=2):
+        try:
+            row: StimulusRow | None = _parse_row(rec, f"{name} line {line}")
+            if row.stimulus_id in seen:
+                raise ValueError(f"{name} line {line}: stimulus_id {row.stimulus_id} appears twice")
+            seen.add(row.stimulus_id)
+        except ValueError as exc:
+            if on_problem is None:
+                raise
+            on_problem(str(exc))
+            row = None
+        out.append((rec, row))
+    if not out:
+        if on_problem is None:
+            raise ValueError(f"{path} has no rows")
+        on_problem(f"{path} has no rows")
+    return out
+
+
+def _manifest_file(where: Path | str) -> Path:
+    """A set folder's manifest, or a manifest-shaped file given directly (a unit journal)."""
+    path = Path(where)
+    return path if path.suffix == ".csv" and not path.is_dir() else manifest_path(path)
+
+
 def read_manifest(setdir: Path | str) -> list[StimulusRow]:
     """Parse and validate ``SETDIR/manifest.csv``; ``ValueError`` names the bad row, in file order."""
-    path = Path(setdir) / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{setdir} is not a stimulus set: {path.name} is missing")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
-        rows: list[StimulusRow] = []
-        seen: set[str] = set()
-        for line, rec in enumerate(reader, start=2):
-            row = _parse_row(rec, f"{path.name} line {line}")
-            if row.stimulus_id in seen:
-                raise ValueError(f"{path.name} line {line}: stimulus_id {row.stimulus_id} appears twice")
-            seen.add(row.stimulus_id)
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path} has no rows")
-    return rows
+    setdir = Path(setdir)
+    if not manifest_path(setdir).is_file():
+        raise FileNotFoundError(f"{setdir} is not a stimulus set: {MANIFEST_NAME} is missing")
+    return [row for _, row in _validated(manifest_path(setdir), REQUIRED, None) if row is not None]
+
+
+def read_records(where: Path | str, *, on_problem: Callable[[str], None] | None = None) -> list[dict[str, str]]:
+    """Every column of every row, as the strings of the file (empty cells stay empty), validated.
+
+    ``where``: a set folder or a manifest-shaped file (``stimuli``'s unit journals). Each row is
+    checked by the same rules as :func:`read_manifest`, and every column of :data:`COLUMNS` must be
+    present. A bad row raises ``ValueError``; with ``on_problem`` it is reported there and kept
+    instead, so that ``advbias stimuli verify`` can list every problem of a damaged set.
+    """
+    return [rec for rec, _ in _validated(_manifest_file(where), COLUMNS, on_problem)]
+
+
+def row_order(row: Mapping[str, Any]) -> tuple:
+    """The manifest's row order: by source, then clean first, then pair, budget, condition, target.
+
+    A total, content-only order, so that any way of computing the rows (resumed, or
+    split over processes) gives the same file.
+    """
+    condition = str(row["condition"])
+    return (
+        str(row["source"]),
+        str(row["source_sha256"]),
+        0 if condition == "clean" else 1,
+        str(row.get("pair") or ""),
+        int(row.get("eps") or 0),
+        IMAGE_CONDITIONS.index(condition),
+        str(row.get("target") or ""),
+        str(row["stimulus_id"]),
+    )
+
+
+def write_manifest(where: Path | str, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write manifest rows atomically (to a set folder, or to a given ``.csv`` file), in :func:`row_order`.
+
+    Values are written as :func:`advbias.setdir.format_cell` spells them; a column outside
+    :data:`COLUMNS` is refused, so no writer can add one the readers do not know.
+    """
+    path = _manifest_file(where)
+    atomic_write_text(path, csv_text(sorted(rows, key=row_order), COLUMNS))
+    return path

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
+
+from advbias.setdir import atomic_write_text, csv_text, observers_path
 
 COLUMNS: tuple[str, ...] = ("model", "role", "condition", "eps", "n_judgments", "bias", "ci_low", "ci_high")
 ROLES: tuple[str, ...] = ("attacked", "held_out", "other")
-FILENAME = "observers.csv"
 
 _INTS = ("eps", "n_judgments")
 _FLOATS = ("bias", "ci_low", "ci_high")
@@ -35,7 +36,7 @@ def read(path: str | Path) -> list[dict[str, Any]]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / FILENAME
+        path = observers_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"observers file not found: {path}")
     try:
@@ -50,6 +51,13 @@ def read(path: str | Path) -> list[dict[str, Any]]:
     if not rows:
         raise ValueError(f"{path} has a header but no rows")
     return rows
+
+
+def write(setdir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``SETDIR/observers.csv`` atomically (columns in :data:`COLUMNS` order) and return its path."""
+    path = observers_path(setdir)
+    atomic_write_text(path, csv_text(rows, COLUMNS))
+    return path
 
 
 def _typed(rec: dict[str, str], path: Path, line: int) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from advbias.trials import MAIN_TRIAL_TYPES
+
 
 def _timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
     times, result = [], None
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, default=200)
     parser.add_argument("--trials", type=int, default=200, help="main trials per participant")
-    parser.add_argument("--conditions", default="targets,vs_clean,vs_flip,vs_noise")
+    parser.add_argument("--conditions", default=",".join(MAIN_TRIAL_TYPES))
     parser.add_argument("--eps", default="2,4,8,16")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the median is shown)")
     parser.add_argument("--seed", type=int, default=0)

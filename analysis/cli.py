@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from advbias.setdir import OBSERVERS_NAME, SET_JSON_NAME
+
 
 def _probability(text: str) -> float:
     try:
@@ -189,9 +191,9 @@ def _add_analyze(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("export", help="the export file written by `advbias export` (CSV or Parquet)")
     analyze.add_argument("--out", required=True, help="output folder (created if missing)")
     analyze.add_argument("--config", help="analysis.toml with [analysis] and [exclusions] settings")
-    analyze.add_argument("--set", help="the stimulus set (folder or its set.json): its parameters go into the "
+    analyze.add_argument("--set", help=f"the stimulus set (folder or its {SET_JSON_NAME}): its parameters go into the "
                                        "generated Methods paragraph")
-    analyze.add_argument("--observers", help="a stimulus set's observers.csv (or the set's folder): machine observers "
+    analyze.add_argument("--observers", help=f"a stimulus set's {OBSERVERS_NAME} (or the set's folder): machine observers "
                                              "drawn beside the people, and a human-vs-machine table")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(handler=_analyze)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import optimize, stats
 
+from advbias.trials import MAIN_TRIAL_TYPES
+
 from .config import AnalysisConfig
 from .glmm import fit_logistic_glmm
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 #: The trial types in report order; a contrast is always the earlier minus the later.
-ORDER = ("targets", "vs_clean", "vs_flip", "vs_noise")
+ORDER = MAIN_TRIAL_TYPES
 CONTRAST_COLUMNS = ("condition", "baseline", "eps", "n_participants", "diff", "ci_low", "ci_high", "t", "dof", "p",
                     "p_holm", "method", "scale", "cohen_dz", "dz_ci_low", "dz_ci_high", "chi2", "chi2_df", "note")
 TREND_COLUMNS = ("condition", "slope", "ci_low", "ci_high", "z", "p", "model", "n_participants", "n_eps",

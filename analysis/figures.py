@@ -6,17 +6,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from advbias.trials import LABELS, MAIN_TRIAL_TYPES
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-CONDITION_LABELS = {
-    "targets": "A vs B, both perturbed",
-    "vs_clean": "perturbed vs clean",
-    "vs_flip": "perturbed vs flipped perturbation",
-    "vs_noise": "perturbed vs random noise",
-}
+#: How the figures name each trial type (the labels belong to :mod:`advbias.trials`).
+CONDITION_LABELS = LABELS
 _CONDITION_LABELS = CONDITION_LABELS
-_COLORS = {"targets": "#1b6ca8", "vs_clean": "#d1495b", "vs_flip": "#2e933c", "vs_noise": "#8f6593"}
+#: One colour per trial type, by its place in the canonical order (colour-blind-distinguishable first).
+_PALETTE = ("#1b6ca8", "#d1495b", "#2e933c", "#8f6593", "#e08e0b", "#4d4d4d", "#17becf", "#a0522d")
+_COLORS = {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(MAIN_TRIAL_TYPES)}
 
 
 def _save(fig: Any, folder: Path, name: str) -> dict[str, Path]:

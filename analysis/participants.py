@@ -21,6 +21,7 @@ import numpy as np
 from advbias.client import HttpClient, Participant, ProtocolError
 from advbias.errors import CLIError
 from advbias.manifest import StimulusRow, read_manifest
+from advbias.trials import BY_OTHER
 
 from .simulation import BiasSpec, bias_for, conditional_logit, logistic
 
@@ -84,7 +85,7 @@ def classify(trial: Mapping[str, Any], stimuli: Mapping[str, StimulusRow]) -> tu
         condition = "targets"
     elif len(adversarial) == 1:
         side = adversarial[0]
-        condition = f"vs_{(right if side == 'left' else left).condition}"
+        condition = BY_OTHER[(right if side == "left" else left).condition]
     else:
         raise ValueError(f"trial {trial['index']} shows no adversarial image: cannot tell the target side")
     chosen = left if side == "left" else right

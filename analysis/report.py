@@ -32,6 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from advbias.setdir import SET_JSON_NAME
+from advbias.trials import MAIN_TRIAL_TYPES as ORDER
+
 from .config import AnalysisConfig, as_config
 from .document import Doc, fmt, fmt_p, sha256, versions
 from .figures import CONDITION_LABELS
@@ -126,7 +129,7 @@ def _writeup_section(doc: Doc, df: "pd.DataFrame", tables: Mapping[str, "pd.Data
     from .writeup import methods, results
 
     doc.heading("Methods and Results (ready to paste)")
-    doc.para("Generated from the stimulus set's set.json, the export and the tables of this report; every number "
+    doc.para(f"Generated from the stimulus set's {SET_JSON_NAME}, the export and the tables of this report; every number "
              "is the one in the tables.", note=True)
     doc.heading("Methods", level=3)
     for paragraph in methods(df, tables, config, set_info):
@@ -186,8 +189,8 @@ def _bias_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: Analys
 
 def _effects_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig) -> None:
     doc.heading("Contrasts between trial types")
-    doc.para("Each pair of trial types present, the earlier minus the later in the order targets, vs_clean, vs_flip, "
-             "vs_noise. `paired t`: the mean over participants of the difference of their means (probability "
+    doc.para(f"Each pair of trial types present, the earlier minus the later in the order {', '.join(ORDER)}. "
+             "`paired t`: the mean over participants of the difference of their means (probability "
              "scale), per budget (Holm across budgets) and over all budgets (Holm across pairs), with Cohen's d_z "
              "and its exact CI. `glmm`: the log-odds difference from one cell-means mixed model of both trial types; "
              "the `interaction` row is the Wald test that the difference is the same at every budget.")

@@ -27,6 +27,7 @@ import numpy as np
 
 from advbias.export import COLUMNS as EXPORT_COLUMNS
 from advbias.manifest import pair_key as manifest_pair_key
+from advbias.trials import MAIN_TRIAL_TYPES, RULES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -145,9 +146,9 @@ class _Cells:
     def build(cls, bias: BiasSpec, conditions: Sequence[str], eps: Sequence[int], total_sd: float) -> "_Cells":
         eps = tuple(int(e) for e in eps)
         conditions = tuple(conditions)
-        unknown = set(conditions) - {"targets", "vs_clean", "vs_flip", "vs_noise"}
+        unknown = set(conditions) - set(MAIN_TRIAL_TYPES)
         if unknown or not conditions or not eps:
-            raise ValueError(f"conditions must be among targets, vs_clean, vs_flip, vs_noise (got {conditions})")
+            raise ValueError(f"conditions must be among {', '.join(MAIN_TRIAL_TYPES)} (got {conditions})")
         cells = [(c, e) for c in range(len(conditions)) for e in eps]
         marginal = {(conditions[c], e): bias_for(bias, conditions[c], e) for c, e in cells}
         for value in marginal.values():
@@ -326,9 +327,7 @@ def _stimulus_columns(sim: SimulatedTrials, categories: tuple[str, str], seed: i
     pair_key[is_catch] = ""
     # What the non-target image was perturbed toward, by condition.
     foil = np.where(is_catch, other, np.where(condition == "targets", other, "")).astype(object)
-    foil_kind = np.select(
-        [condition == "targets", condition == "vs_clean", condition == "vs_flip", condition == "vs_noise"],
-        ["adversarial", "clean", "flip", "noise"], "clean").astype(object)
+    foil_kind = np.select([condition == t.name for t in RULES], [t.other for t in RULES], "clean").astype(object)
     target_kind = np.where(is_catch, "clean", "adversarial").astype(object)
     target_id = np.array([_hex(f"{sid}:adversarial:{q}:{e}") for sid, q, e in zip(sim.source, question_target, eps)],
                          dtype=object)

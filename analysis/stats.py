@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from advbias.trials import MAIN_TRIAL_TYPES
+
 from .config import AnalysisConfig, ExclusionRules
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +30,7 @@ MIXED_MODEL_COLUMNS = ("term", "estimate", "std_err", "z", "p", "ci_low", "ci_hi
 EXCLUSION_COLUMNS = ("participant", "prolific_pid", "participant_status", "reason", "n_main_trials",
                      "catch_accuracy", "fast_fraction", "not_fullscreen_fraction", "blurred_fraction")
 
-_CONDITION_ORDER = {"targets": 0, "vs_clean": 1, "vs_flip": 2, "vs_noise": 3}
+_CONDITION_ORDER = {name: i for i, name in enumerate(MAIN_TRIAL_TYPES)}
 
 
 def _main(df: "pd.DataFrame") -> "pd.DataFrame":

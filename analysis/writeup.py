@@ -7,12 +7,13 @@ says so instead of guessing.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
+
+from advbias.setdir import SET_JSON_NAME, read_set_json
 
 from .config import AnalysisConfig
 from .figures import CONDITION_LABELS
@@ -22,19 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def read_set(path: str | Path) -> dict[str, Any]:
-    """``set.json`` of a stimulus set (the folder or the file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "set.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"set.json not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not str(data.get("format", "")).startswith("advbias-stimulus-set/"):
-        raise ValueError(f"{path} is not a stimulus set's set.json (no advbias-stimulus-set format)")
-    return data
+    """``set.json`` of a stimulus set (the folder or the file itself), checked by its owner."""
+    return read_set_json(Path(path))
 
 
 def _p(p: float) -> str:
@@ -50,7 +40,7 @@ def _join(items: list[str]) -> str:
 
 def _stimuli(set_info: Mapping[str, Any] | None) -> str:
     if not set_info:
-        return ("Stimuli: the stimulus set's set.json was not given (advbias analyze --set), so its parameters "
+        return (f"Stimuli: the stimulus set's {SET_JSON_NAME} was not given (advbias analyze --set), so its parameters "
                 "are not restated here.")
     par, attack = set_info.get("parameters", {}), set_info.get("attack", {})
     counts = set_info.get("counts", {})

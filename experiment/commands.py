@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from advbias.errors import CLIError
+from advbias.setdir import IMAGES_DIR, MANIFEST_NAME
 
 DEFAULT_BASE_URL = "http://127.0.0.1:5000"
 
@@ -44,7 +45,7 @@ def register(subparsers: Any) -> None:
     exp_sub = exp.add_subparsers(dest="experiment_command", metavar="ACTION")
     exp_sub.required = True
     create = exp_sub.add_parser("create", help="import a stimulus set and a design as a new experiment")
-    create.add_argument("--stimuli", required=True, metavar="SETDIR", help="stimulus set folder (manifest.csv, images/)")
+    create.add_argument("--stimuli", required=True, metavar="SETDIR", help=f"stimulus set folder ({MANIFEST_NAME}, {IMAGES_DIR}/)")
     create.add_argument("--name", required=True, metavar="SLUG", help="experiment name used in URLs (lowercase, digits, -)")
     create.add_argument("--config", metavar="FILE", help="experiment TOML (design, codes, texts); default: all defaults")
     create.add_argument("--link", action="store_true", help="symlink the images instead of copying them")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 
-from advbias.export import MAIN_TRIAL_TYPES
+from advbias.trials import MAIN_TRIAL_TYPES
 from experiment.design import DEFAULT_QUESTION, DesignConfig
 from experiment.fields import CODE_RE
 

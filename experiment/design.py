@@ -46,11 +46,9 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Iterable, Sequence
 
-from advbias.export import MAIN_TRIAL_TYPES
 from advbias.manifest import StimulusRow, pair_key
+from advbias.trials import MAIN_TRIAL_TYPES, OTHER_IMAGE, ImageIndex
 
-#: The manifest condition of the image shown beside the one perturbed toward the asked category.
-OTHER_IMAGE: dict[str, str] = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
 DEFAULT_QUESTION = "Which image is more {category}-like?"
 SIDES = ("left", "right")
 
@@ -124,26 +122,19 @@ def validate_question(template: str) -> None:
 
 @dataclass
 class _Images:
-    """Lookup tables over the manifest rows."""
+    """Lookup tables over the manifest rows: the trial-type rules' index, clean crops and photo names."""
 
-    adversarial: dict[tuple[str, str], StimulusRow] = field(default_factory=dict)
-    flip: dict[tuple[str, str], StimulusRow] = field(default_factory=dict)
-    noise: dict[str, StimulusRow] = field(default_factory=dict)
+    trials: ImageIndex[StimulusRow]
     clean: dict[str, StimulusRow] = field(default_factory=dict)
     source_name: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def index(cls, rows: Iterable[StimulusRow]) -> "_Images":
-        images = cls()
+        rows = list(rows)
+        images = cls(ImageIndex(rows))
         for row in sorted(rows, key=lambda r: r.stimulus_id):  # deterministic choice among duplicates
             images.source_name.setdefault(row.source_sha256, row.source)
-            if row.condition == "adversarial":
-                images.adversarial.setdefault((row.pair_key, row.target), row)
-            elif row.condition == "flip":
-                images.flip.setdefault((row.pair_key, row.target), row)
-            elif row.condition == "noise":
-                images.noise.setdefault(row.pair_key, row)
-            elif row.condition == "clean":
+            if row.condition == "clean":
                 images.clean.setdefault(row.source_sha256, row)
         return images
 
@@ -194,11 +185,9 @@ class Design:
         validate_question(config.question)
         if config.practice_trials < 0 or config.catch_trials < 0:
             raise ValueError("practice_trials and catch_trials cannot be negative")
-        needs = {"vs_flip": self.images.flip, "vs_noise": self.images.noise}
-        for cond, table in needs.items():
-            if cond in config.conditions and not table:
-                control = OTHER_IMAGE[cond]
-                raise ValueError(f"trial type {cond} needs {control} controls, and the stimulus set has none")
+        for cond in config.conditions:
+            if not self.images.trials.supports(cond):
+                raise ValueError(f"trial type {cond} needs {OTHER_IMAGE[cond]} controls, and the stimulus set has none")
 
     @staticmethod
     def _factors(config: DesignConfig, adversarial: list[StimulusRow]) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -300,18 +289,10 @@ class Design:
     def _images_for(self, cell: Cell, sha: str) -> tuple[StimulusRow, StimulusRow] | None:
         """(image toward the asked category, the other image) for one source, or None if missing."""
         key = pair_key(sha, *cell.pair.split(":", 1), cell.eps)
-        toward = self.images.adversarial.get((key, cell.asked))
+        toward = self.images.trials.toward(key, cell.asked)
         if toward is None:
             return None
-        other_kind = OTHER_IMAGE[cell.condition]
-        if other_kind == "adversarial":
-            other = self.images.adversarial.get((key, cell.other))
-        elif other_kind == "clean":
-            other = self.images.clean.get(sha)
-        elif other_kind == "flip":
-            other = self.images.flip.get((key, cell.asked))
-        else:
-            other = self.images.noise.get(key)
+        other = self.images.trials.other(cell.condition, key, sha, cell.pair, cell.asked)
         return None if other is None else (toward, other)
 
     def list_factors(self, list_index: int) -> tuple[int, int, int]:

@@ -1,10 +1,10 @@
-"""Importing a stimulus set: its manifest (advbias.manifest), set.json and hash-checked images,
-and the fixed-length encoding in which images are delivered to participants."""
+"""Importing a stimulus set: its manifest, set.json and hash-checked images (read through
+:mod:`advbias.manifest` and :mod:`advbias.setdir`, the formats' owners), and the fixed-length
+encoding in which images are delivered to participants."""
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import secrets
 import struct
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from advbias.manifest import StimulusRow, read_manifest
+from advbias.setdir import image_path, manifest_path, read_set_json, set_json_path
 
 
 def read_set(setdir: Path) -> tuple[list[StimulusRow], dict[str, Any], str]:
@@ -25,16 +26,11 @@ def read_set(setdir: Path) -> tuple[list[StimulusRow], dict[str, Any], str]:
     if not setdir.is_dir():
         raise FileNotFoundError(f"stimulus set folder {setdir} does not exist")
     rows = read_manifest(setdir)
-    info_path = setdir / "set.json"
+    info_path = set_json_path(setdir)
     if not info_path.is_file():
-        raise FileNotFoundError(f"{setdir} is not a stimulus set: set.json is missing")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{info_path} is not valid JSON: {exc}") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{info_path} must hold a JSON object")
-    digest = hashlib.sha256((setdir / "manifest.csv").read_bytes()).hexdigest()
+        raise FileNotFoundError(f"{setdir} is not a stimulus set: {info_path.name} is missing")
+    info = read_set_json(info_path)
+    digest = hashlib.sha256(manifest_path(setdir).read_bytes()).hexdigest()
     return rows, info, digest
 
 
@@ -48,7 +44,7 @@ def import_images(setdir: Path, rows: Iterable[StimulusRow], store: Path, *, lin
     store.mkdir(parents=True, exist_ok=True)
     added = 0
     for row in rows:
-        src = setdir / "images" / f"{row.stimulus_id}.png"
+        src = image_path(setdir, row.stimulus_id)
         if not src.is_file():
             raise FileNotFoundError(f"image {src} listed in the manifest is missing")
         data = src.read_bytes()

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from advbias.setdir import OBSERVERS_NAME
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -63,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--out", required=True, metavar="SETDIR", help="folder of the stimulus set (new, empty, or to resume)")
     gen.set_defaults(handler=_generate)
 
-    obs = sub.add_parser("observe", help="let models take the trials: SETDIR/observers.csv (machine observers)",
+    obs = sub.add_parser("observe", help=f"let models take the trials: SETDIR/{OBSERVERS_NAME} (machine observers)",
                          description="Each model answers every trial type the set supports as a participant "
-                                     "would (it picks the image it finds more A-like); writes SETDIR/observers.csv "
+                                     f"would (it picks the image it finds more A-like); writes SETDIR/{OBSERVERS_NAME} "
                                      "with the bias per trial type and budget (see docs/manifest.md).")
     obs.add_argument("setdir", metavar="SETDIR")
     obs.add_argument("--models", required=True, metavar="M[,M]",

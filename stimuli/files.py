@@ -1,32 +1,21 @@
-"""File formats of a stimulus set: atomic writes, metadata-free PNGs, the manifest CSV.
+"""The stimulus images: metadata-free PNGs, named by their hash, written atomically.
 
 Everything here is plain numpy + Pillow (no torch) so that ``verify`` and ``report``
-stay fast and can run on a machine without the models.
-
-Why atomic writes: a crash (or Ctrl-C, or a killed cluster job) must never leave a
-half-written image or manifest that a later run or the experiment would trust. Each
-file is written to a temporary name in the same folder, flushed to disk, and renamed
-over its final name with :func:`os.replace`, which is atomic on POSIX and Windows.
+stay fast and can run on a machine without the models. The set's folder layout, its
+``set.json``, the manifest's reader and writer and the atomic writes themselves belong
+to :mod:`advbias.setdir` and :mod:`advbias.manifest`, which every stage shares.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from advbias.manifest import COLUMNS, IMAGE_CONDITIONS
-
-#: The manifest's columns and image conditions are owned by :mod:`advbias.manifest`.
-MANIFEST_COLUMNS = COLUMNS
+from advbias.setdir import atomic_write_bytes, image_path
 
 #: zlib level for PNGs. Fixed so that the same pixels always give the same bytes
 #: (and therefore the same stimulus_id) on a given zlib build.
@@ -48,33 +37,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -132,68 +94,14 @@ def png_chunks(data: bytes) -> list[bytes]:
     return types
 
 
-def save_stimulus(images_dir: Path, pixels: np.ndarray) -> str:
-    """Write one stimulus PNG named by the sha256 of its bytes; returns the stimulus_id.
+def save_stimulus(setdir: Path, pixels: np.ndarray) -> str:
+    """Write one stimulus PNG into the set, named by the sha256 of its bytes; returns the stimulus_id.
 
     Writing the same pixels twice is a no-op, which is what makes resuming safe.
     """
     data = encode_png(pixels)
     stimulus_id = sha256_bytes(data)
-    path = images_dir / f"{stimulus_id}.png"
+    path = image_path(setdir, stimulus_id)
     if not path.exists() or sha256_file(path) != stimulus_id:
         atomic_write_bytes(path, data)
     return stimulus_id
-
-
-def format_cell(value: Any) -> str:
-    """How a value is written into the manifest: empty for None, 6 decimals for probabilities."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    return str(value)
-
-
-def rows_to_csv(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] = MANIFEST_COLUMNS) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({c: format_cell(row.get(c)) for c in columns})
-    return buf.getvalue()
-
-
-def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write manifest-shaped rows (as strings) atomically."""
-    atomic_write_text(path, rows_to_csv(rows))
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Read a manifest-shaped CSV as a list of string dicts (empty cells stay empty strings)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in MANIFEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path.name} lacks the column(s) {', '.join(missing)}")
-        return [dict(row) for row in reader]
-
-
-def sort_key(row: Mapping[str, Any]) -> tuple:
-    """The manifest's row order: by source, then clean first, then pair, budget, condition, target.
-
-    A total, content-only order, so that any way of computing the rows (resumed, or
-    split over processes) gives the same file.
-    """
-    condition = str(row["condition"])
-    return (
-        str(row["source"]),
-        str(row["source_sha256"]),
-        0 if condition == "clean" else 1,
-        str(row.get("pair") or ""),
-        int(row.get("eps") or 0),
-        IMAGE_CONDITIONS.index(condition),
-        str(row.get("target") or ""),
-        str(row["stimulus_id"]),
-    )

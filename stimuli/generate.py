@@ -22,7 +22,6 @@ same folder with different parameters is refused rather than mixing two designs 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -33,12 +32,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from advbias.manifest import IMAGE_CONDITIONS, pair_key
+from advbias.manifest import IMAGE_CONDITIONS, pair_key, read_records, write_manifest
+from advbias.setdir import (
+    SET_JSON_NAME,
+    SetFileError,
+    image_file,
+    images_dir,
+    read_set_json,
+    set_json_path,
+    write_set_json,
+)
 from stimuli.dist import Dist, resolve_device
-from stimuli.files import atomic_write_json, read_rows, save_stimulus, sort_key, write_rows
+from stimuli.files import save_stimulus
 from stimuli.params import (
     DEFAULT_RECIPE,
-    SET_FORMAT,
     SetParams,
     derived_seed,
     make_params,
@@ -92,15 +99,15 @@ def check_setdir(setdir: Path, identity: dict[str, Any]) -> dict[str, Any] | Non
     """Refuse a folder that holds something else; return the existing set.json when resuming."""
     if setdir.exists() and not setdir.is_dir():
         raise ValueError(f"--out {setdir} exists and is not a folder")
-    meta_path = setdir / "set.json"
+    meta_path = set_json_path(setdir)
     if meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text())
-            old = meta["parameters"]
-        except (ValueError, KeyError):
-            raise ValueError(f"{meta_path} is unreadable; choose a new --out folder") from None
-        if meta.get("format") != SET_FORMAT:
-            raise ValueError(f"{setdir} holds a set of another format ({meta.get('format')}); choose a new --out folder")
+            meta = read_set_json(meta_path)
+        except SetFileError as exc:
+            if exc.field == "format":
+                raise ValueError(f"{setdir} holds a set of another format ({exc}); choose a new --out folder") from None
+            raise ValueError(f"{meta_path} is unreadable ({exc}); choose a new --out folder") from None
+        old = meta["parameters"]
         compared = {k: v for k, v in old.items() if k != "images"}
         if compared != identity:
             diffs = [
@@ -114,7 +121,7 @@ def check_setdir(setdir: Path, identity: dict[str, Any]) -> dict[str, Any] | Non
             )
         return meta
     if setdir.is_dir() and any(setdir.iterdir()):
-        raise ValueError(f"--out {setdir} is not empty and holds no stimulus set (no set.json); choose a new folder")
+        raise ValueError(f"--out {setdir} is not empty and holds no stimulus set (no {SET_JSON_NAME}); choose a new folder")
     return None
 
 
@@ -129,7 +136,7 @@ def _unit_done(setdir: Path, k: int) -> bool:
     if not path.is_file():
         return False
     try:
-        rows = read_rows(path)
+        rows = read_records(path)
     except (ValueError, OSError):
         return False
     return bool(rows) and all((setdir / r["file"]).is_file() for r in rows)
@@ -220,7 +227,7 @@ def _save(setdir: Path, unit: Sequence[Source], stack, clean, meta: list[dict[st
     # GIL while encoding, so a thread pool spreads it over the cores. Bytes do not depend on it.
     hwc = stack.permute(0, 2, 3, 1).contiguous().numpy()
     with ThreadPoolExecutor(max_workers=_save_workers()) as pool:
-        ids = list(pool.map(lambda px: save_stimulus(setdir / "images", px), hwc))
+        ids = list(pool.map(lambda px: save_stimulus(setdir, px), hwc))
     return ids, linfs.tolist()
 
 
@@ -242,7 +249,7 @@ def _compute_unit(unit: Sequence[Source], k: int, params: SetParams, setdir: Pat
         src, pair = unit[m["_i"]], m["pair"]
         rows.append({
             "stimulus_id": stimulus_id,
-            "file": f"images/{stimulus_id}.png",
+            "file": image_file(stimulus_id),
             "source": src.name,
             "source_sha256": src.sha256,
             "source_label": src.label,
@@ -356,15 +363,14 @@ def _prepare_torch(params: SetParams, device: str) -> None:
 def _start_folder(setdir: Path, params: SetParams, plan: tuple, scorer: Scorer | None, started: str) -> None:
     """Rank 0: create the folders, clear temporary files of a killed run, write set.json for a new set."""
     sources, skipped, ignored, identity, existing = plan
-    (setdir / "images").mkdir(parents=True, exist_ok=True)
+    images_dir(setdir).mkdir(parents=True, exist_ok=True)
     (setdir / "units").mkdir(exist_ok=True)
-    for folder in (setdir, setdir / "images", setdir / "units"):  # no rank is writing yet
+    for folder in (setdir, images_dir(setdir), setdir / "units"):  # no rank is writing yet
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
     if existing is not None:
         return
     meta = {
-        "format": SET_FORMAT,
         "parameters": {"images": params.images, **identity},
         "attack": _attack_settings(params),
         "models": _describe(params.models, scorer.ensemble if scorer else None),
@@ -380,7 +386,7 @@ def _start_folder(setdir: Path, params: SetParams, plan: tuple, scorer: Scorer |
         "counts": None,
         "run": None,
     }
-    atomic_write_json(setdir / "set.json", meta)
+    write_set_json(setdir, meta)
 
 
 def _progress_bar(units: list, mine: list[int], pending: list[int], dist: Dist) -> Any:
@@ -408,7 +414,7 @@ def _work(units: list, pending: list[int], params: SetParams, setdir: Path, scor
     for k in pending:
         ticker = _StepsToImages(bar, params.targets_per_image * params.steps) if bar is not None else None
         rows = _compute_unit(units[k], k, params, setdir, scorer, device, ticker)
-        write_rows(_unit_path(setdir, k), sorted(rows, key=sort_key))
+        write_manifest(_unit_path(setdir, k), rows)
         if bar is not None:
             done += len(units[k])
             bar.n = done  # exact count after the fractional per-step updates
@@ -423,11 +429,9 @@ def _finish(setdir: Path, units: list, computed: int, started: str, device: str,
     for k in range(len(units)):
         if not _unit_done(setdir, k):
             raise RuntimeError(f"work unit {k} is missing after generation; run the command again to finish it")
-        rows.extend(read_rows(_unit_path(setdir, k)))
-    rows.sort(key=sort_key)
-    write_rows(setdir / "manifest.csv", rows)
-    meta_path = setdir / "set.json"
-    meta = json.loads(meta_path.read_text())
+        rows.extend(read_records(_unit_path(setdir, k)))
+    write_manifest(setdir, rows)
+    meta = read_set_json(setdir)
     meta["finished_at"] = _now()
     meta["counts"] = _count(rows)
     meta["run"] = {
@@ -440,7 +444,7 @@ def _finish(setdir: Path, units: list, computed: int, started: str, device: str,
         "units_computed": computed,
         "units_reused": len(units) - computed,
     }
-    atomic_write_json(meta_path, meta)
+    write_set_json(setdir, meta)
     return SetSummary(setdir, meta["counts"], meta["run"])
 
 

@@ -11,30 +11,27 @@ the saved 8-bit files, for both asked categories of every photo, pair and budget
 
 ``bias`` is the share of judgments that pick the image perturbed toward the asked category.
 The attacked models are the ceiling; a held-out model shows what transfers to a network
-that was not optimised against. The file format is owned by :mod:`advbias.observers`.
+that was not optimised against. Which image each trial type shows beside the perturbed one
+is :mod:`advbias.trials`' rule (the experiment's design uses the same); the file format is
+owned by :mod:`advbias.observers`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from advbias.observers import COLUMNS, FILENAME, read as read_observers
-from stimuli.files import atomic_write_text, decode_png, read_rows, rows_to_csv
+from advbias.manifest import StimulusRow, read_manifest
+from advbias.observers import read as read_observers, write as write_observers
+from advbias.setdir import image_path, observers_path, read_set_json, require_finished
+from advbias.trials import MAIN_TRIAL_TYPES, ImageIndex, order_index
+from stimuli.files import decode_png
 
-#: Trial types, and the manifest condition of the image shown beside the perturbed one.
-TRIAL_TYPES: dict[str, str] = {"targets": "adversarial", "vs_clean": "clean", "vs_flip": "flip", "vs_noise": "noise"}
 
-
-def _read_set(setdir: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    if not setdir.is_dir():
-        raise FileNotFoundError(f"stimulus set folder not found: {setdir}")
-    for name in ("manifest.csv", "set.json"):
-        if not (setdir / name).is_file():
-            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set")
-    return json.loads((setdir / "set.json").read_text()), read_rows(setdir / "manifest.csv")
+def _read_set(setdir: Path) -> tuple[dict[str, Any], list[StimulusRow]]:
+    require_finished(setdir)
+    return read_set_json(setdir), read_manifest(setdir)
 
 
 def _model_names(models: Any) -> list[str]:
@@ -54,7 +51,7 @@ def role(model: str, meta: dict[str, Any]) -> str:
     return "held_out" if model in params.get("holdout", []) else "other"
 
 
-def judgments(rows: Sequence[dict[str, str]], prob: dict[tuple[str, str], float]) -> dict[tuple[str, int], list[float]]:
+def judgments(rows: Sequence[StimulusRow], prob: dict[tuple[str, str], float]) -> dict[tuple[str, int], list[float]]:
     """Every judgment of every trial type the set supports, keyed by (trial type, budget).
 
     ``prob[(stimulus_id, category)]`` is the model's probability of the category for that image.
@@ -63,30 +60,24 @@ def judgments(rows: Sequence[dict[str, str]], prob: dict[tuple[str, str], float]
 
     from attacks.judge import choose
 
-    clean = {r["source_sha256"]: r for r in rows if r["condition"] == "clean"}
-    toward = {(r["pair_key"], r["target"]): r for r in rows if r["condition"] == "adversarial"}
-    flip = {(r["pair_key"], r["target"]): r for r in rows if r["condition"] == "flip"}
-    noise = {r["pair_key"]: r for r in rows if r["condition"] == "noise"}
-    present = {"targets": True, "vs_clean": bool(clean), "vs_flip": bool(flip), "vs_noise": bool(noise)}
+    index = ImageIndex(rows)
+    present = [t for t in MAIN_TRIAL_TYPES if index.supports(t)]
+    toward = sorted({(r.pair_key, r.target): r for r in rows if r.condition == "adversarial"})
     out: dict[tuple[str, int], list[float]] = {}
-    for (key, asked), img in sorted(toward.items()):
-        a, _, b = img["pair"].partition(":")
-        others = {
-            "targets": toward.get((key, b if asked == a else a)),
-            "vs_clean": clean.get(img["source_sha256"]),
-            "vs_flip": flip.get((key, asked)),
-            "vs_noise": noise.get(key),
-        }
-        for trial, other in others.items():
-            if not present[trial] or other is None:
+    for key, asked in toward:
+        img = index.toward(key, asked)
+        assert img is not None
+        for trial in present:
+            other = index.other(trial, key, img.source_sha256, img.pair, asked)
+            if other is None:
                 continue
-            pick = choose(torch.tensor(prob[(img["stimulus_id"], asked)], dtype=torch.float64),
-                          torch.tensor(prob[(other["stimulus_id"], asked)], dtype=torch.float64))
-            out.setdefault((trial, int(img["eps"])), []).append(float(pick))
+            pick = choose(torch.tensor(prob[(img.stimulus_id, asked)], dtype=torch.float64),
+                          torch.tensor(prob[(other.stimulus_id, asked)], dtype=torch.float64))
+            out.setdefault((trial, int(img.eps)), []).append(float(pick))
     return out
 
 
-def _probabilities(model: Any, setdir: Path, rows: Sequence[dict[str, str]], device: str,
+def _probabilities(model: Any, setdir: Path, rows: Sequence[StimulusRow], device: str,
                    bar: Any) -> dict[tuple[str, str], float]:
     """The model's probability of each pair category for every image that takes part in a trial."""
     import torch
@@ -94,17 +85,17 @@ def _probabilities(model: Any, setdir: Path, rows: Sequence[dict[str, str]], dev
     import attacks
 
     attacks.prepare_model(model, torch.device(device), True)
-    cats = sorted({c for r in rows if r["pair"] for c in r["pair"].split(":")})
+    cats = sorted({c for r in rows if r.pair for c in r.pair.split(":")})
     wanted = list(rows)
     out: dict[tuple[str, str], float] = {}
     for lo in range(0, len(wanted), 64):
         batch = wanted[lo : lo + 64]
-        px = np.stack([decode_png((setdir / r["file"]).read_bytes()) for r in batch])
+        px = np.stack([decode_png(image_path(setdir, r.stimulus_id).read_bytes()) for r in batch])
         probs = attacks.class_probabilities(model, torch.from_numpy(px).permute(0, 3, 1, 2).contiguous())
         for c in cats:
             pc = attacks.target_probability(None, None, [c] * len(batch), probs=probs)
             for r, p in zip(batch, pc.tolist()):
-                out[(r["stimulus_id"], c)] = p
+                out[(r.stimulus_id, c)] = p
         if bar is not None:
             bar.update(len(batch))
     return out
@@ -130,7 +121,7 @@ def observe_set(setdir: str | Path, models: Any, *, device: str = "auto", progre
         for name, model in zip(names, loaded):
             prob = _probabilities(model, setdir, rows, dev, bar)
             for (trial, eps), picks in sorted(judgments(rows, prob).items(),
-                                              key=lambda kv: (list(TRIAL_TYPES).index(kv[0][0]), kv[0][1])):
+                                              key=lambda kv: (order_index(kv[0][0]), kv[0][1])):
                 lo, hi = wilson_interval(sum(picks), len(picks))
                 out_rows.append({"model": name, "role": role(name, meta), "condition": trial, "eps": eps,
                                  "n_judgments": len(picks), "bias": sum(picks) / len(picks),
@@ -138,9 +129,7 @@ def observe_set(setdir: str | Path, models: Any, *, device: str = "auto", progre
     finally:
         if bar is not None:
             bar.close()
-    path = setdir / FILENAME
-    atomic_write_text(path, rows_to_csv(out_rows, COLUMNS))
-    return path
+    return write_observers(setdir, out_rows)
 
 
 def _cuda() -> bool:
@@ -151,7 +140,7 @@ def _cuda() -> bool:
 
 def observers_figure(setdir: Path) -> str | None:
     """A PNG (base64) of bias against budget, one panel per trial type, one line per model; None without observers.csv."""
-    path = Path(setdir) / FILENAME
+    path = observers_path(setdir)
     if not path.is_file():
         return None
     import base64
@@ -163,7 +152,7 @@ def observers_figure(setdir: Path) -> str | None:
     import matplotlib.pyplot as plt
 
     rows = read_observers(path)
-    trials = [t for t in TRIAL_TYPES if any(r["condition"] == t for r in rows)]
+    trials = [t for t in MAIN_TRIAL_TYPES if any(r["condition"] == t for r in rows)]
     fig, axes = plt.subplots(1, len(trials), figsize=(3.6 * len(trials), 3.2), sharey=True, squeeze=False)
     models = list(dict.fromkeys(r["model"] for r in rows))
     budgets = sorted({int(r["eps"]) for r in rows})

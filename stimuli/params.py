@@ -15,9 +15,6 @@ from typing import Any, Sequence
 
 from stimuli.sources import Source
 
-#: Format tag written to set.json; bump when the layout changes incompatibly.
-SET_FORMAT = "advbias-stimulus-set/1"
-
 CONTROLS: tuple[str, ...] = ("flip", "noise")
 
 #: ``--batch-size auto``: attack items (photo x pair x target x budget) per engine batch and

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -22,7 +21,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from stimuli.files import atomic_write_text, decode_png, read_rows
+from advbias.manifest import read_records
+from advbias.setdir import atomic_write_text, read_set_json, require_finished
+from stimuli.files import decode_png
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
@@ -231,18 +232,16 @@ def _observers_html(setdir: Path) -> str:
 def write_report(setdir: Path, gallery: int | str = 12) -> Path:
     """Write ``setdir/report.html`` atomically and return its path (``gallery``: photos shown, 0 for none)."""
     setdir = Path(setdir)
-    for name in ("manifest.csv", "set.json"):
-        if not (setdir / name).is_file():
-            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set")
+    require_finished(setdir)
     try:
         gallery = int(str(gallery).strip())
     except ValueError:
         raise ValueError(f"--gallery must be a whole number, got {gallery!r}") from None
     if gallery < 0:
         raise ValueError(f"--gallery must be 0 or more, got {gallery}")
-    meta = json.loads((setdir / "set.json").read_text())
+    meta = read_set_json(setdir)
     p = meta["parameters"]
-    rows = read_rows(setdir / "manifest.csv")
+    rows = read_records(setdir)
     has_holdout = bool(p.get("holdout"))
     counts = meta.get("counts") or {}
     skipped = meta.get("sources", {}).get("skipped", [])

@@ -6,6 +6,11 @@
   import neither each other nor ``stimuli``), checked on the source's import statements.
 * No product module is over 600 lines.
 * Every reader of the two files between stages uses their owner's columns.
+* One owner per file between stages: exactly one product module spells the names of a stimulus
+  set's files (``set.json``, ``manifest.csv``, ``observers.csv``, ``images/``), and the trial-type
+  rules exist once (:mod:`advbias.trials`).
+* The ``set.json`` reader gives back what its writer wrote, and refuses anything else with a
+  ``ValueError`` that names the file (property-based).
 """
 from __future__ import annotations
 
@@ -77,9 +82,7 @@ def test_readers_use_the_owners_columns() -> None:
     import advbias.manifest
     import analysis.data
     import experiment.export
-    import stimuli.files
 
-    assert stimuli.files.MANIFEST_COLUMNS is advbias.manifest.COLUMNS
     assert set(advbias.manifest.REQUIRED) <= set(advbias.manifest.COLUMNS)
     assert experiment.export.COLUMNS is advbias.export.COLUMNS
     assert analysis.data.EXPORT_COLUMNS is advbias.export.COLUMNS
@@ -88,6 +91,54 @@ def test_readers_use_the_owners_columns() -> None:
     import stimuli.observe
 
     assert stimuli.observe.read_observers is advbias.observers.read  # one reader of observers.csv
+    assert stimuli.observe.write_observers is advbias.observers.write  # and one writer
+
+
+def test_trial_type_rules_exist_once() -> None:
+    """The design, the observers, the export and the analysis share one list of trial types."""
+    import advbias.export
+    import advbias.manifest
+    import advbias.trials
+    import analysis.effects
+    import experiment.config
+    import experiment.design
+
+    assert advbias.export.MAIN_TRIAL_TYPES is advbias.trials.MAIN_TRIAL_TYPES
+    assert advbias.export.TRIAL_TYPES is advbias.trials.TRIAL_TYPES
+    assert experiment.design.MAIN_TRIAL_TYPES is advbias.trials.MAIN_TRIAL_TYPES
+    assert experiment.config.MAIN_TRIAL_TYPES is advbias.trials.MAIN_TRIAL_TYPES
+    assert tuple(analysis.effects.ORDER) == advbias.trials.MAIN_TRIAL_TYPES
+    assert {t.other for t in advbias.trials.RULES} <= set(advbias.manifest.IMAGE_CONDITIONS)
+    names = [t for p in _product_modules() for t in _string_literals(p) if t.strip() == "vs_noise"]
+    assert len(names) == 1, f"the trial type vs_noise is spelled {len(names)} times outside docstrings"
+
+
+def _string_literals(path: Path) -> list[str]:
+    """Every string constant of a module except its docstrings (f-string parts included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+@pytest.mark.parametrize("name", ["set.json", "manifest.csv", "observers.csv", "images/"])
+def test_one_module_spells_each_file_of_a_set(name: str) -> None:
+    """The folder layout of a stimulus set has one owner; everyone else uses its names."""
+    spelled = sorted({str(p.relative_to(ROOT)) for p in _product_modules()
+                      if any(name in text for text in _string_literals(p))})
+    # the images folder is named once as "images" (the owner builds "images/<id>.png" from it)
+    assert spelled == ([] if name == "images/" else ["advbias/setdir.py"]), spelled
+
+
+def test_the_literal_rule_sees_fstrings_and_skips_docstrings(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text('"""Reads set.json."""\ndef f(d):\n    """set.json"""\n    return f"{d}/set.json"\n')
+    assert [t for t in _string_literals(module) if "set.json" in t] == ["/set.json"]
 
 
 def test_manifest_written_by_stimuli_reads_back(stimulus_set: Path) -> None:

@@ -25,7 +25,9 @@ from PIL import Image
 
 import stimuli
 from advbias.cli import main as cli_main
-from stimuli.files import MANIFEST_COLUMNS, atomic_write_bytes, png_chunks
+from advbias.manifest import COLUMNS as MANIFEST_COLUMNS
+from advbias.setdir import atomic_write_bytes
+from stimuli.files import png_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 
