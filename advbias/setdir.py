@@ -166,7 +166,7 @@ def read_set_json(where: Path | str) -> dict[str, Any]:
         raise FileNotFoundError(f"{SET_JSON_NAME} not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or a number too long to convert
         raise SetFileError(path, "", f"is not valid JSON: {exc}") from None
     except RecursionError:
         raise SetFileError(path, "", f"is nested too deeply to be a {SET_JSON_NAME}") from None

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import ast
 import http.client
+import json
 import os
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from servers import ServerProcess
 
@@ -212,3 +216,89 @@ def test_architecture_page_lists_every_module() -> None:
     listed = set(re.findall(r"^\| `([a-z_/]+\.py)` \|", page, re.M))
     actual = {str(p.relative_to(ROOT)) for p in _product_modules()}
     assert listed == actual, {"missing": sorted(actual - listed), "stale": sorted(listed - actual)}
+
+
+# --------------------------------------------------------------------------- set.json, property-based
+
+_NAME = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
+_CATEGORY = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+_PLAIN = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), _NAME,
+                                st.floats(allow_nan=False, allow_infinity=False)),
+                      lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_NAME, inner, max_size=3)),
+                      max_leaves=8)
+_PARAMETERS = st.fixed_dictionaries(
+    {"pairs": st.lists(st.tuples(_CATEGORY, _CATEGORY).map(":".join), max_size=3),
+     "eps": st.lists(st.integers(1, 255), max_size=4), "steps": st.integers(1, 10**4), "size": st.integers(1, 4096),
+     "models": st.lists(_NAME, max_size=3), "holdout": st.lists(_NAME, max_size=2),
+     "controls": st.lists(st.sampled_from(["flip", "noise"]), max_size=2)},
+    optional={"seed": st.integers(0, 2**63), "images": _NAME, "step_ratio": st.one_of(st.none(), st.floats(0.01, 1))})
+_SET_INFO = st.fixed_dictionaries(
+    {"parameters": _PARAMETERS},
+    optional={"attack": st.dictionaries(_NAME, _PLAIN, max_size=3),
+              "models": st.lists(st.dictionaries(_NAME, _PLAIN, max_size=3), max_size=2),
+              "holdout_models": st.lists(st.dictionaries(_NAME, _PLAIN, max_size=3), max_size=2),
+              "counts": st.one_of(st.none(), st.dictionaries(_NAME, st.integers(0, 10**6), max_size=4)),
+              "run": st.one_of(st.none(), st.dictionaries(_NAME, _PLAIN, max_size=3)),
+              "finished_at": st.one_of(st.none(), _NAME), "a_later_record": _PLAIN})
+_PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, database=None)
+
+
+@_PROPERTY
+@given(info=_SET_INFO)
+def test_set_json_reader_returns_what_the_writer_wrote(info: dict) -> None:
+    from advbias.setdir import SET_FORMAT, read_set_json, write_set_json
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_set_json(folder, info)
+        assert read_set_json(folder) == read_set_json(path) == {"format": SET_FORMAT, **info}
+        assert next(iter(json.loads(path.read_text(encoding="utf-8")))) == "format"  # the tag comes first
+
+
+@_PROPERTY
+@given(data=st.one_of(st.binary(max_size=200), _PLAIN.map(lambda v: json.dumps(v).encode()),
+                      st.sampled_from([b"[" * 100_000, b"1" * 5000, b"\xff\xfe{}", b"", b"{\"format\": 1}"])))
+def test_set_json_reader_refuses_garbage_with_a_value_error_naming_the_file(data: bytes) -> None:
+    from advbias.setdir import SetFileError, read_set_json
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "set.json")
+        path.write_bytes(data)
+        with pytest.raises(SetFileError) as caught:
+            read_set_json(path)
+        assert isinstance(caught.value, ValueError) and str(path) in str(caught.value)
+
+
+_FIELDS = ["format", "parameters", "parameters.pairs", "parameters.eps", "parameters.steps", "parameters.size",
+           "parameters.models", "parameters.holdout", "parameters.controls", "attack", "sources", "models",
+           "holdout_models", "counts", "run"]
+
+
+@_PROPERTY
+@given(info=_SET_INFO, field=st.sampled_from(_FIELDS), value=st.one_of(st.just("<missing>"), _PLAIN))
+def test_set_json_reader_names_the_broken_field(info: dict, field: str, value: object) -> None:
+    """A missing or retyped field is either still valid or refused with its name; nothing else escapes."""
+    from advbias.setdir import SET_FORMAT, SetFileError, read_set_json, validate_set_info, write_set_json
+
+    record = json.loads(json.dumps({"format": SET_FORMAT, **info}))
+    *parents, key = field.split(".")
+    holder = record
+    for name in parents:
+        holder = holder[name]
+    if value == "<missing>":
+        holder.pop(key, None)
+    else:
+        holder[key] = value
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder, "set.json")
+        path.write_text(json.dumps(record), encoding="utf-8")
+        try:
+            assert read_set_json(folder) == record
+        except SetFileError as exc:
+            assert str(path) in str(exc) and exc.field and field.startswith(exc.field.split(".")[0]), str(exc)
+            with pytest.raises(SetFileError):  # and the writer refuses to write it, leaving nothing behind
+                validate_set_info(record)
+            os.unlink(path)
+            if field != "format":  # the writer sets the format tag itself
+                with pytest.raises(SetFileError):
+                    write_set_json(folder, record)
+            assert not os.listdir(folder)
