@@ -394,6 +394,31 @@ def test_verify_catches_metadata_budget_and_manifest_violations(set_copy):
     assert "not listed in the manifest" in problems
 
 
+def test_verify_lists_every_broken_manifest_row_and_set_json_field(set_copy, capsys):
+    """The manifest's own rules (read by its owner) become listed problems, not one exception."""
+    rows = read_manifest(set_copy)
+    rows[1]["condition"] = "blurred"
+    rows[2]["file"] = "images/elsewhere.png"
+    rows[3]["stimulus_id"], rows[3]["file"] = rows[4]["stimulus_id"], rows[4]["file"]
+    with open(set_copy / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    problems = stimuli.verify_set(set_copy).problems
+    text = "\n".join(problems)
+    assert "line 3: condition 'blurred' is not one of" in text
+    assert "line 4: file 'images/elsewhere.png' should be images/" in text
+    assert f"stimulus_id {rows[4]['stimulus_id']} appears twice" in text
+    assert cli_main(["stimuli", "verify", str(set_copy)]) == 1
+    capsys.readouterr()
+    meta = json.loads((set_copy / "set.json").read_text())
+    meta["parameters"]["eps"] = ["two"]
+    (set_copy / "set.json").write_text(json.dumps(meta))
+    assert cli_main(["stimuli", "verify", str(set_copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "set.json: parameters.eps must hold budgets 1..255, found 'two'" in err[0], err
+
+
 # --------------------------------------------------------------------------- report
 
 
