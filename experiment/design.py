@@ -77,11 +77,6 @@ class Cell:
     eps: int
     asked: str
 
-    @property
-    def other(self) -> str:
-        a, b = self.pair.split(":", 1)
-        return b if self.asked == a else a
-
 
 @dataclass(frozen=True)
 class TrialSpec:
