@@ -22,7 +22,7 @@ below); an unknown key is an error, so a typo cannot silently disable a rule::
     max_rt_ms = 0                       # responses slower than this are dropped (0 disables)
     max_fast_fraction = 0.10            # exclude participants with more fast responses (1 disables)
     require_completed = true            # exclude participants who did not finish
-    max_not_fullscreen_fraction = 0.10  # exclude participants outside fullscreen more often (1 disables)
+    max_not_fullscreen_fraction = 0.10  # exclude participants outside fullscreen more often, where the page required it (1 disables)
     max_blurred_fraction = 0.10         # exclude participants who blurred the window more often (1 disables)
     min_median_server_rt_ms = 300       # exclude participants whose answers reach the server faster (0 disables)
     max_rt_over_server_fraction = 0.10  # exclude participants claiming more RT than the server saw (1 disables)

@@ -50,6 +50,18 @@ def _sort(frame: "pd.DataFrame", by: Sequence[str] = ("condition", "eps")) -> "p
 
 
 # --------------------------------------------------------------------------- exclusions
+def _fullscreen_required(base: "pd.DataFrame", out: "pd.DataFrame") -> "pd.Series":
+    """Per participant: did the page require fullscreen? A study that only recommended it (or did not ask)
+    let people answer outside it, so the fullscreen rule must not exclude them; exports that do not say
+    (no ``fullscreen_mode``) are held to the rule."""
+    import pandas as pd
+
+    if "fullscreen_mode" not in base:
+        return pd.Series(True, index=out.index)
+    mode = base["fullscreen_mode"].reindex(out.index).astype("string")
+    return (mode.isna() | (mode == "required")).astype(bool)
+
+
 def participant_summary(df: "pd.DataFrame", rules: ExclusionRules | None = None) -> "pd.DataFrame":
     """One row per participant: the quantities the exclusion rules look at, and the verdict.
 
@@ -97,8 +109,8 @@ def participant_summary(df: "pd.DataFrame", rules: ExclusionRules | None = None)
     if rules.min_rt_ms > 0 and rules.max_fast_fraction < 1:
         flag(out["fast_fraction"] > rules.max_fast_fraction,
              f"fast_responses>{rules.max_fast_fraction:g}")
-    if rules.max_not_fullscreen_fraction < 1:
-        flag(out["not_fullscreen_fraction"] > rules.max_not_fullscreen_fraction,
+    if rules.max_not_fullscreen_fraction < 1:  # only where the page required fullscreen (or the export does not say)
+        flag((out["not_fullscreen_fraction"] > rules.max_not_fullscreen_fraction) & _fullscreen_required(base, out),
              f"left_fullscreen>{rules.max_not_fullscreen_fraction:g}")
     if rules.max_blurred_fraction < 1:
         flag(out["blurred_fraction"] > rules.max_blurred_fraction,

@@ -29,7 +29,7 @@ from flask import (
     url_for,
 )
 
-from experiment import accounts, errors, monitor
+from experiment import accounts, errors, monitor, rehearsal
 from experiment.accounts import MIN_PASSWORD_LENGTH, USERNAME, set_password  # noqa: F401  (public names)
 from experiment.db import Database
 
@@ -138,10 +138,33 @@ def experiment(slug: str):  # type: ignore[no-untyped-def]
         abort(404)
     return render_template(
         "admin/experiment.html", exp=r.exp, participants=r.participants, by_status=r.by_status,
-        per_list=r.per_list, per_condition=r.per_condition, bias=r.bias, chart=_chart(r.bias),
-        median_server_rt=r.median_server_rt, summary=r.exp.settings.get("design_summary", {}),
+        per_list=r.per_list, per_condition=r.per_condition, bias=r.bias, chart=_chart(r.bias), catch=r.catch,
+        screening=r.screening, summary=r.exp.settings.get("design_summary", {}),
         participant_url=url_for("pages.run", slug=r.exp.slug, _external=True),
+        preview_url=request.host_url.rstrip("/") + rehearsal.preview_path(r.exp),
     )
+
+
+@bp.get("/experiments/<slug>/participants/<public_id>")
+def participant(slug: str, public_id: str):  # type: ignore[no-untyped-def]
+    try:
+        d = monitor.participant_detail(_db(), slug, public_id)
+    except errors.NotFound:
+        abort(404)
+    return render_template("admin/participant.html", exp=d.exp, p=d.participant, screening=d.screening,
+                           answers=d.answers)
+
+
+@bp.post("/experiments/<slug>/participants/<public_id>/void")
+def void(slug: str, public_id: str):  # type: ignore[no-untyped-def]
+    """Set a participant aside (a test run, a known duplicate): frees the slot, leaves the export."""
+    try:
+        rehearsal.void_participants(_db(), slug, [public_id], request.form.get("reason", ""))
+    except errors.NotFound:
+        abort(404)
+    except errors.StudyError as exc:
+        abort(400, description=exc.message)
+    return redirect(url_for("admin.participant", slug=slug, public_id=public_id))
 
 
 @bp.post("/experiments/<slug>/active")

@@ -12,14 +12,15 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from experiment import errors, fields, participants, responses
+from experiment import errors, fields, participants, rehearsal, responses, study
 from experiment.db import Database, current_revision
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
-#: The start call's body: Prolific's three URL parameters and, to resume, the browser's own token.
+#: The start call's body: Prolific's three URL parameters, to resume the browser's own token, and the
+#: preview key of a rehearsal (experiment/rehearsal.py).
 START_FIELDS: dict[str, fields.FieldSpec] = {
     "prolific_pid": ("str", 0, 128), "study_id": ("str", 0, 128), "session_id": ("str", 0, 128),
-    "token": ("str", 0, 128),
+    "token": ("str", 0, 128), "preview": ("str", 0, 64),
 }
 
 
@@ -64,9 +65,12 @@ def start(slug: str):  # type: ignore[no-untyped-def]
     data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
     limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
     policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window)
+    preview = bool(data.get("preview"))
+    if preview and not rehearsal.is_preview(study.find_experiment(_db(), slug), data["preview"]):
+        raise errors.Forbidden("this preview link is not valid (it may belong to another study)", reason="bad_preview")
     state, created = participants.start_participant(
         _db(), slug, data.get("prolific_pid"), data.get("study_id"), data.get("session_id"),
-        token=data.get("token"), policy=policy,
+        token=data.get("token"), policy=None if preview else policy, preview=preview,
     )
     return jsonify(state), 201 if created else 200
 
@@ -235,6 +239,8 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"},
+                      "reason": {"type": "string", "enum": ["closed", "no_pid", "duplicate", "busy", "bad_preview"],
+                                 "description": "for the page: which friendly explanation to show"},
                       "next_index": {"type": "integer"}, "retry_after_ms": {"type": "integer"}}},
             "Start": _field_schema(START_FIELDS, []),
             "Consent": _field_schema({"consent": ("bool", 0, 1)}, []),
@@ -254,6 +260,9 @@ OPENAPI: dict[str, Any] = {
                     "debriefed": {"type": "boolean"},
                     "completion_code": {"type": "string", "nullable": True},
                     "redirect_url": {"type": "string", "nullable": True},
+                    "preview": {"type": "boolean", "description": "a rehearsal: no list slot, not exported"},
+                    "debrief_paragraphs": {"type": "array", "items": {"type": "string"}, "nullable": True,
+                                           "description": "what the study was about; once the trials are over"},
                 },
             },
             "Trials": {

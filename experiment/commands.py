@@ -55,6 +55,7 @@ def register(subparsers: Any) -> None:
     listing = exp_sub.add_parser("list", help="list experiments with participant counts")
     _common(listing)
     listing.set_defaults(handler=cmd_experiment_list)
+    _register_rehearsal(subparsers, exp_sub)
 
     admin = subparsers.add_parser("admin", help="admin accounts")
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION")
@@ -78,6 +79,7 @@ def register(subparsers: Any) -> None:
     export = subparsers.add_parser("export", help="write one row per answered trial to CSV or Parquet")
     export.add_argument("slug", metavar="SLUG", help="experiment name")
     export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    export.add_argument("--include-void", action="store_true", help="keep voided participants (status void)")
     _common(export)
     export.set_defaults(handler=cmd_export)
 
@@ -288,10 +290,60 @@ def cmd_export(args: argparse.Namespace) -> int:
     export_format(out)  # a bad file name fails before touching the database
     db, _ = _database(args)
     try:
-        n = write_export(db, args.slug, out)
+        n = write_export(db, args.slug, out, include_void=args.include_void)
     except NotFound as exc:
         raise ValueError(exc.message) from None
     finally:
         db.dispose()
     print(f"wrote {n} answered trial(s) of {args.slug} to {out}")
+    return 0
+
+
+def _register_rehearsal(subparsers: Any, exp_sub: Any) -> None:
+    """``experiment preview`` and ``participants void`` (experiment/rehearsal.py)."""
+    preview = exp_sub.add_parser("preview", help="print the preview link: a rehearsal without a list slot or export")
+    preview.add_argument("slug", metavar="SLUG", help="experiment name")
+    preview.add_argument("--base-url", metavar="URL", help="public address of the server (default: $ADVBIAS_PUBLIC_URL)")
+    _common(preview)
+    preview.set_defaults(handler=cmd_experiment_preview)
+    people = subparsers.add_parser("participants", help="set participants aside")
+    people_sub = people.add_subparsers(dest="participants_command", metavar="ACTION")
+    people_sub.required = True
+    void = people_sub.add_parser("void", help="void participants: free their list slot, leave them out of the export")
+    void.add_argument("slug", metavar="SLUG", help="experiment name")
+    void.add_argument("ids", nargs="+", metavar="ID", help="participant (export id) or PROLIFIC_PID")
+    void.add_argument("--reason", required=True, metavar="TEXT", help="why (kept with the record)")
+    _common(void)
+    void.set_defaults(handler=cmd_participants_void)
+
+
+def cmd_experiment_preview(args: argparse.Namespace) -> int:
+    from experiment.errors import NotFound
+    from experiment.rehearsal import preview_path
+    from experiment.study import find_experiment
+
+    db, _ = _database(args)
+    try:
+        exp = find_experiment(db, args.slug)
+    except NotFound as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        db.dispose()
+    base = (args.base_url or os.environ.get("ADVBIAS_PUBLIC_URL") or DEFAULT_BASE_URL).rstrip("/")
+    print(f"{base}{preview_path(exp)}")
+    return 0
+
+
+def cmd_participants_void(args: argparse.Namespace) -> int:
+    from experiment.errors import StudyError
+    from experiment.rehearsal import void_participants
+
+    db, _ = _database(args)
+    try:
+        done = void_participants(db, args.slug, args.ids, args.reason)
+    except StudyError as exc:
+        raise CommandError(exc.message) from None
+    finally:
+        db.dispose()
+    print(f"voided {len(done)} participant(s) of {args.slug}: {', '.join(done)} (their list slots are free)")
     return 0

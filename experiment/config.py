@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import string
@@ -11,6 +12,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 
+from advbias.export import FULLSCREEN_MODES
 from advbias.trials import MAIN_TRIAL_TYPES
 from experiment.design import DEFAULT_QUESTION, DesignConfig
 from experiment.fields import CODE_RE
@@ -45,17 +47,38 @@ CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "timeout_minutes": (int, 90),
     "screened_out_frees_slot": (bool, True),
     "min_median_trial_ms": (int, 0),
+    "min_median_rt_ms": (int, 250),
+    "fullscreen": (str, "required"),
+    "min_refresh_hz": ((int, float), 0),
+    "debrief_text": (str, None),
+    "redirect_after_s": (int, 10),
+    "progress": (bool, True),
 }
+
+#: Typical time a participant takes to answer an until-response trial and the page to store it (ms);
+#: with the fixation and the inter-trial interval it gives the consent's estimate of the duration.
+TYPICAL_TRIAL_MS = 1800
+#: Consent, instructions, the screen check and the debrief, in minutes.
+OVERHEAD_MINUTES = 2
 
 DEFAULT_CONSENT = (
     "You are invited to take part in a short study about how people see images. You will see pairs of "
-    "pictures and choose the one that fits a question better. It takes about ten minutes. Your answers are "
+    "pictures and choose the one that fits a question better. It takes about {minutes} minutes. Your answers are "
     "stored without your name, you may stop at any time, and the data will be used for research only."
 )
 DEFAULT_INSTRUCTIONS = (
     "On each trial a cross appears in the middle of the screen, then two pictures side by side and a question. "
     "Press F to choose the left picture or J to choose the right picture (or click it). There are no right or "
     "wrong answers: go with your first impression. The first trials are practice."
+)
+DEFAULT_DEBRIEF = (
+    "Thank you! Here is what this study was about. Some of the pictures you saw had been changed very slightly "
+    "by a computer program: tiny changes to the colours of the pixels, made so that an image-recognition program "
+    "would take the picture for a different kind of object. Such changes are hard or impossible for people to see.\n\n"
+    "We wanted to find out whether these changes also nudge people's choices, even when nobody notices them. "
+    "There were no right or wrong answers, and it is fine if you saw nothing unusual. The pictures themselves "
+    "are ordinary photos; nothing was done to them that could harm you or your device.\n\n"
+    "If you have questions, or want your answers withdrawn, write to the researcher through Prolific."
 )
 
 
@@ -105,6 +128,14 @@ def _check_ranges(values: Mapping[str, Any]) -> int | None:
         raise ValueError("catch_min_prob must be between 0 and 1")
     if not 0 <= values["min_median_trial_ms"] <= 600_000:
         raise ValueError("min_median_trial_ms must be between 0 (off) and 600000")
+    if not 0 <= values["min_median_rt_ms"] <= 60_000:
+        raise ValueError("min_median_rt_ms must be between 0 (off) and 60000")
+    if values["fullscreen"] not in FULLSCREEN_MODES:
+        raise ValueError(f"fullscreen must be one of {', '.join(map(repr, FULLSCREEN_MODES))}")
+    if not 0 <= float(values["min_refresh_hz"]) <= 1000:
+        raise ValueError("min_refresh_hz must be between 0 (any measurable rate) and 1000")
+    if not 0 <= values["redirect_after_s"] <= 3600:
+        raise ValueError("redirect_after_s must be between 0 (no automatic redirect) and 3600")
     if not 1 <= values["timeout_minutes"] <= 7 * 24 * 60:
         raise ValueError("timeout_minutes must be between 1 and 10080 (a week)")
     presentation = values["presentation"]
@@ -175,10 +206,29 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         "timeout_minutes": values["timeout_minutes"],
         "screened_out_frees_slot": values["screened_out_frees_slot"],
         "min_median_trial_ms": values["min_median_trial_ms"],
+        "min_median_rt_ms": values["min_median_rt_ms"],
+        "fullscreen": values["fullscreen"],
+        "min_refresh_hz": float(values["min_refresh_hz"]),
+        "debrief_text": values["debrief_text"] or DEFAULT_DEBRIEF,
+        "redirect_after_s": values["redirect_after_s"],
+        "progress": values["progress"],
         "design": jsonable(asdict(design)),
         "config": dict(raw),
     }
     return design, settings
+
+
+def estimate_minutes(settings: Mapping[str, Any]) -> int:
+    """The study's duration as the consent states it: trials times their typical length, plus the screens around.
+
+    A trial takes its fixation, the answer (or the timed presentation, whichever is
+    longer, taken as :data:`TYPICAL_TRIAL_MS`) and the inter-trial interval; rounded up.
+    """
+    summary = settings.get("design_summary") or {}
+    n = int(summary.get("trials_per_participant") or 0)
+    per_trial = int(settings.get("fixation_ms") or 0) + int(settings.get("iti_ms") or 0)
+    per_trial += max(TYPICAL_TRIAL_MS, int(settings.get("presentation_ms") or 0))
+    return OVERHEAD_MINUTES + math.ceil(n * per_trial / 60_000)
 
 
 def jsonable(value: Any) -> Any:

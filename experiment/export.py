@@ -12,7 +12,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from advbias.export import COLUMNS, FLOAT_COLUMNS, FORMULA_STARTS, INT_COLUMNS, UNTRUSTED_TEXT_COLUMNS
+from advbias.export import (
+    COLUMNS, FLOAT_COLUMNS, FORMULA_STARTS, INT_COLUMNS, MEASURED_COLUMNS, UNTRUSTED_TEXT_COLUMNS,
+)
 from experiment.db import Database
 from experiment.models import Participant, Response, Trial, iso_utc
 from experiment.study import get_experiment
@@ -20,17 +22,24 @@ from experiment.study import get_experiment
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
-    """Every answered trial of experiment ``slug``, ordered by participant and trial index."""
+def export_rows(db: Database, slug: str, *, include_void: bool = False) -> list[dict[str, Any]]:
+    """Every answered trial of experiment ``slug``, ordered by participant and trial index.
+
+    Rehearsals (preview links) are never exported; voided participants only with
+    ``include_void``, and then with the status ``void`` (experiment/rehearsal.py).
+    """
     with db.session() as s:
         exp = get_experiment(s, slug)
         query = (
             select(Trial, Response, Participant)
             .join(Response, Response.trial_id == Trial.id)
             .join(Participant, Participant.id == Trial.participant_id)
-            .where(Participant.experiment_id == exp.id)
+            .where(Participant.experiment_id == exp.id, Participant.preview.is_(False))
             .order_by(Participant.created_at, Participant.id, Trial.index)
         )
+        if not include_void:
+            query = query.where(Participant.voided_at.is_(None))
+        mode = exp.settings.get("fullscreen", "recommended")  # studies made before the setting only recommended it
         rows = []
         for trial, resp, part in s.execute(query):
             chosen = trial.left_target if resp.response == "left" else trial.right_target
@@ -41,7 +50,7 @@ def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
                     "prolific_pid": part.prolific_pid or "",
                     "study_id": part.study_id or "",
                     "session_id": part.session_id or "",
-                    "participant_status": part.status,
+                    "participant_status": "void" if part.voided_at is not None else part.status,
                     "list": part.list_index,
                     "seed": part.seed,
                     "trial_index": trial.index,
@@ -71,6 +80,15 @@ def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
                     "fullscreen": int(resp.fullscreen),
                     "blurred": int(resp.blurred),
                     "blur_events": resp.blur_events,
+                    "fullscreen_mode": mode,
+                    "fullscreen_exits": resp.fullscreen_exits,
+                    "ignored_keys": resp.ignored_keys,
+                    "window_width": resp.window_width,
+                    "window_height": resp.window_height,
+                    "screen_width": resp.screen_width,
+                    "screen_height": resp.screen_height,
+                    "device_pixel_ratio": resp.device_pixel_ratio,
+                    "image_px": resp.image_px,
                     "server_received_at": iso_utc(resp.server_received_at),
                     "server_rt_ms": resp.server_rt_ms,
                 }
@@ -78,15 +96,17 @@ def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
     return rows
 
 
-def export_frame(db: Database, slug: str):  # type: ignore[no-untyped-def]
+def export_frame(db: Database, slug: str, *, include_void: bool = False):  # type: ignore[no-untyped-def]
     """The export as a pandas DataFrame with stable dtypes (also when it has no rows)."""
     import pandas as pd
 
-    frame = pd.DataFrame(export_rows(db, slug), columns=list(COLUMNS))
+    frame = pd.DataFrame(export_rows(db, slug, include_void=include_void), columns=list(COLUMNS))
     for col in INT_COLUMNS:
         frame[col] = frame[col].astype("int64")
     for col in FLOAT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    for col in MEASURED_COLUMNS:  # whole numbers that may be missing: no ".0" in the CSV
+        frame[col] = frame[col].astype("Int64")
     for col in COLUMNS:
         if col not in INT_COLUMNS and col not in FLOAT_COLUMNS:
             frame[col] = frame[col].astype("str")
@@ -115,20 +135,20 @@ def _write(frame, target, fmt: str) -> None:  # type: ignore[no-untyped-def]
         frame.to_parquet(target, index=False, engine="pyarrow")
 
 
-def export_bytes(db: Database, slug: str, fmt: str) -> bytes:
+def export_bytes(db: Database, slug: str, fmt: str, *, include_void: bool = False) -> bytes:
     """The export file's bytes (for the admin's download button)."""
     buffer = io.BytesIO()
-    _write(export_frame(db, slug), buffer, fmt)
+    _write(export_frame(db, slug, include_void=include_void), buffer, fmt)
     return buffer.getvalue()
 
 
-def write_export(db: Database, slug: str, out: Path) -> int:
+def write_export(db: Database, slug: str, out: Path, *, include_void: bool = False) -> int:
     """Write the export to ``out`` atomically (a crash never leaves half a file); returns the row count."""
     out = Path(out)
     fmt = export_format(out)
     if not out.parent.exists():
         raise FileNotFoundError(f"folder {out.parent} does not exist")
-    frame = export_frame(db, slug)
+    frame = export_frame(db, slug, include_void=include_void)
     tmp = out.with_name(f".{out.name}.partial")
     _write(frame, tmp, fmt)
     tmp.replace(out)

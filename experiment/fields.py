@@ -102,6 +102,18 @@ RESPONSE_FIELDS: dict[str, FieldSpec] = {
     "fullscreen": ("bool", 0, 1),
     "blurred": ("bool", 0, 1),
     "blur_events": ("int", 0, 100_000),
+    # What the browser measured at the answer (docs/export.md), and its counts of ignored keys and fullscreen exits.
+    "window_width": ("int", 0, 100_000),
+    "window_height": ("int", 0, 100_000),
+    "screen_width": ("int", 0, 100_000),
+    "screen_height": ("int", 0, 100_000),
+    "device_pixel_ratio": ("number", 0, 64),
+    "image_px": ("int", 0, 100_000),
+    "fullscreen_exits": ("int", 0, 100_000),
+    "ignored_keys": ("int", 0, 100_000),
 }
+#: The measurements of RESPONSE_FIELDS stored as they come (None when the browser did not send them).
+GEOMETRY_FIELDS = ("window_width", "window_height", "screen_width", "screen_height", "device_pixel_ratio", "image_px",
+                   "fullscreen_exits", "ignored_keys")
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -121,6 +122,11 @@ class Participant(Base):
     completed_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
     #: When the server stored this participant's latest answer (the start of the next trial's server clock).
     last_answer_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: A rehearsal through the admin's preview link: no list slot, never exported.
+    preview: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Set aside by the researcher (``advbias participants void``): frees the slot, left out of the export.
+    voided_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
+    void_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
 
     experiment: Mapped[Experiment] = relationship()
     trials: Mapped[list["Trial"]] = relationship(
@@ -187,6 +193,16 @@ class Response(Base):
     server_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     #: Server time from the later of the trial's delivery and the previous answer to this answer.
     server_rt_ms: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    #: What the browser measured at the answer (CSS pixels; the image as drawn).
+    window_width: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    window_height: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    screen_width: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    screen_height: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    device_pixel_ratio: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    image_px: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    #: Times the participant had left fullscreen so far, and keys ignored during this trial.
+    fullscreen_exits: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    ignored_keys: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
 
     trial: Mapped[Trial] = relationship(back_populates="response")
 

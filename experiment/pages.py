@@ -8,11 +8,23 @@ per-experiment keyed aliases in a fixed-length encoding (experiment/delivery.py)
 """
 from __future__ import annotations
 
+import struct
+import threading
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Response, abort, current_app, render_template
+from sqlalchemy import select
 
 from experiment import delivery, errors, study
+from experiment.config import estimate_minutes
+from experiment.models import Experiment, Stimulus
 
 bp = Blueprint("pages", __name__)
+#: Where a participant turned away is sent to return the study (studies that send people back to Prolific).
+PROLIFIC_HOME = "https://app.prolific.com/"
+#: Image side per experiment (images never change once imported), read once from a delivered PNG.
+_IMAGE_PX: dict[tuple[str, str], int] = {}
+_IMAGE_PX_LOCK = threading.Lock()
 
 
 @bp.get("/")
@@ -25,23 +37,59 @@ def run(slug: str):  # type: ignore[no-untyped-def]
     try:
         exp = study.find_experiment(current_app.extensions["advbias"].db, slug)
     except errors.NotFound:
-        abort(404)
+        # A participant with a wrong link reads why, in words, and where to go (never a bare 404).
+        return render_template("notice.html", title="Study not found", return_url=PROLIFIC_HOME, paragraphs=[
+            "There is no study at this address. Please check the link, or open the study again from your "
+            "Prolific study page."]), 404
     settings = exp.settings
+    minutes = str(estimate_minutes(settings))
     return render_template(
         "run.html",
         slug=exp.slug,
         title=settings["title"],
-        consent_paragraphs=_paragraphs(settings["consent_text"]),
+        consent_paragraphs=_paragraphs(settings["consent_text"].replace("{minutes}", minutes)),
         instruction_paragraphs=_paragraphs(settings["instructions_text"]),
         debrief_question=settings["debrief_question"],
+        return_url=return_url(settings),
         timing={
             "fixation-ms": settings["fixation_ms"],
             "iti-ms": settings["iti_ms"],
             "break-every": settings["break_every"],
             "min-width": settings["min_window_width"],
             "min-height": settings["min_window_height"],
+            # Studies made before these settings only recommended fullscreen and did not screen by speed.
+            "fullscreen": settings.get("fullscreen", "recommended"),
+            "min-refresh-hz": settings.get("min_refresh_hz", 0),
+            "redirect-after-s": settings.get("redirect_after_s", 10),
+            "progress": int(bool(settings.get("progress", True))),
+            "image-px": image_px(exp),
         },
     )
+
+
+def return_url(settings: dict) -> str | None:
+    """Where the refusal pages point: Prolific, for studies that send their participants back there."""
+    host = urlsplit(settings.get("redirect_url") or "").hostname or ""
+    return PROLIFIC_HOME if host == "prolific.com" or host.endswith(".prolific.com") else None
+
+
+def image_px(exp: Experiment) -> int:
+    """The side of the set's images in pixels (from a delivered PNG's header), so the page draws them at an
+    integer multiple of their own size (no resampling); 224 if the store cannot tell."""
+    key = (exp.slug, exp.set_hash)
+    with _IMAGE_PX_LOCK:
+        if key in _IMAGE_PX:
+            return _IMAGE_PX[key]
+    state = current_app.extensions["advbias"]
+    with state.db.session() as session:
+        stimulus_id = session.scalar(select(Stimulus.stimulus_id).where(Stimulus.experiment_id == exp.id).limit(1))
+    data = delivery.image_bytes(state.store, stimulus_id) if stimulus_id else None
+    if not data or len(data) < 24 or data[12:16] != b"IHDR":
+        return 224
+    side = struct.unpack(">I", data[16:20])[0]
+    with _IMAGE_PX_LOCK:
+        _IMAGE_PX[key] = side
+    return side
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -96,14 +96,14 @@ def _resume(found: Participant, study: str | None, sess: str | None, token: str 
     if not resume_allowed(found, study, sess, token):
         raise Conflict(
             "this PROLIFIC_PID is already taking part in another session: please continue in the browser where "
-            "you started, or write to the researcher through Prolific"
+            "you started, or write to the researcher through Prolific", reason="duplicate",
         )
     return found
 
 
 def start_participant(
     db: Database, slug: str, prolific_pid: Any = None, study_id: Any = None, session_id: Any = None,
-    *, token: Any = None, policy: StartPolicy | None = None,
+    *, token: Any = None, policy: StartPolicy | None = None, preview: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Create a participant (least-filled list, fresh seed) or resume the one with this PROLIFIC_PID.
 
@@ -116,6 +116,9 @@ def start_participant(
     only "lock, count the lists, insert the participant and its trials, commit". A second
     start for the same PROLIFIC_PID racing this one cannot make a second record: the
     unique constraint refuses it, and the loser resumes the winner.
+
+    A ``preview`` start (the admin's rehearsal link, checked by the caller) is let in while
+    the study is closed and without a PROLIFIC_PID; it takes no list slot (:func:`study.list_counts`).
     """
     pid = clean_id(prolific_pid, "PROLIFIC_PID")
     study = clean_id(study_id, "STUDY_ID")
@@ -129,10 +132,11 @@ def start_participant(
             )
             if found is not None:
                 return participant_state(session, _resume(found, study, sess, own)), False
-        elif exp.settings.get("require_prolific_pid"):
-            raise Forbidden("this study takes part through Prolific: open it from your Prolific study page")
-        if not exp.active:
-            raise Forbidden("this study is not accepting new participants")
+        elif exp.settings.get("require_prolific_pid") and not preview:
+            raise Forbidden("this study takes part through Prolific: open it from your Prolific study page",
+                            reason="no_pid")
+        if not exp.active and not preview:
+            raise Forbidden("this study is not accepting new participants", reason="closed")
         design = load_design(session, exp)
     if policy is not None:
         policy.admit(db)
@@ -140,6 +144,7 @@ def start_participant(
     participant = Participant(
         experiment_id=exp.id, public_id=secrets.token_hex(8), token=secrets.token_urlsafe(24),
         prolific_pid=pid, study_id=study, session_id=sess, seed=seed, status="in_progress", next_index=0,
+        preview=preview,
     )
     try:
         with db.write() as session:
@@ -159,7 +164,8 @@ def start_participant(
             select(Participant).where(Participant.experiment_id == exp.id, Participant.prolific_pid == pid)
         )
         if winner is None:
-            raise Conflict("this PROLIFIC_PID is starting in another window right now: please try again")
+            raise Conflict("this PROLIFIC_PID is starting in another window right now: please try again",
+                           reason="busy")
         return participant_state(session, _resume(winner, study, sess, own)), False
 
 
@@ -232,7 +238,15 @@ def _state(participant: Participant, settings: dict[str, Any], n_practice: int) 
         "debriefed": participant.debrief is not None,
         "completion_code": code,
         "redirect_url": redirect,
+        "preview": bool(participant.preview),
+        # What the study was about: only once the trials are over (before, it would give the hypothesis away).
+        "debrief_paragraphs": None if participant.status == "in_progress" else paragraphs(settings.get("debrief_text") or ""),
     }
+
+
+def paragraphs(text: str) -> list[str]:
+    """A text's paragraphs (separated by blank lines), as the page shows them."""
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
 def state_of(db: Database, token: Any) -> dict[str, Any]:

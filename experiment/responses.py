@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from experiment.db import Database
 from experiment.errors import Conflict, NotFound, StudyError
-from experiment.fields import KEY_RE, RESPONSE_FIELDS, TOKEN_RE, validate_fields
+from experiment.fields import GEOMETRY_FIELDS, KEY_RE, RESPONSE_FIELDS, TOKEN_RE, validate_fields
 from experiment.models import Experiment, Participant, Response, Trial, iso_utc, utcnow
 from experiment.participants import get_participant, participant_state, ready_for_trials
 
@@ -123,6 +123,7 @@ def _store_fast(
                     "fullscreen": bool(data.get("fullscreen")), "blurred": bool(data.get("blurred")),
                     "blur_events": int(data.get("blur_events") or 0), "server_received_at": received,
                     "server_rt_ms": server_rt_ms(received, row.delivered_at, row.last_answer_at),
+                    **{name: data.get(name) for name in GEOMETRY_FIELDS},
                 },
             )
         return _answer_values(trial_pid, row.trial_index, row.n_trials, received)
@@ -182,6 +183,7 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
                 offset_frame_ms=data.get("offset_frame_ms"), fullscreen=bool(data.get("fullscreen")),
                 blurred=bool(data.get("blurred")), blur_events=int(data.get("blur_events") or 0),
                 server_received_at=received, server_rt_ms=server_rt_ms(received, trial.delivered_at, last_answer),
+                **{name: data.get(name) for name in GEOMETRY_FIELDS},
             )
             session.add(response)
             session.flush()
@@ -200,22 +202,46 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
     raise conflict
 
 
-def _too_fast(session: Session, participant_id: int, floor_ms: float) -> bool:
-    """True if the median ``server_rt_ms`` of the main and catch trials is below ``floor_ms`` (0: never)."""
-    if floor_ms <= 0:
-        return False
-    times = sorted(
-        session.scalars(
-            select(Response.server_rt_ms)
-            .join(Trial, Trial.id == Response.trial_id)
-            .where(Trial.participant_id == participant_id, Trial.kind != "practice", Response.server_rt_ms.is_not(None))
-        ).all()
-    )
-    if not times:
-        return False
-    middle = len(times) // 2
-    median = times[middle] if len(times) % 2 else (times[middle - 1] + times[middle]) / 2
-    return median < floor_ms
+def median(values: list[float]) -> float | None:
+    """The median (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def screen_flags(settings: dict[str, Any], catch_failures: int, median_rt_ms: float | None,
+                 median_server_rt_ms: float | None) -> list[str]:
+    """Why a finished participant is screened out (empty: they complete); the one rule, also shown by the admin.
+
+    * more catch failures than ``max_catch_failures``;
+    * a median main-trial ``rt_ms`` (the page's own clock, from the pair's onset) below
+      ``min_median_rt_ms``: nobody compares two pictures in a quarter of a second;
+    * a median ``server_rt_ms`` below ``min_median_trial_ms`` (a scripted client; off by default).
+    """
+    flags = []
+    if catch_failures > int(settings.get("max_catch_failures") or 0):
+        flags.append(f"catch failures {catch_failures} > {settings.get('max_catch_failures') or 0}")
+    floor = float(settings.get("min_median_rt_ms") or 0)
+    if floor > 0 and median_rt_ms is not None and median_rt_ms < floor:
+        flags.append(f"median rt {median_rt_ms:.0f} ms < {floor:g} ms")
+    server_floor = float(settings.get("min_median_trial_ms") or 0)
+    if server_floor > 0 and median_server_rt_ms is not None and median_server_rt_ms < server_floor:
+        flags.append(f"median server time {median_server_rt_ms:.0f} ms < {server_floor:g} ms")
+    return flags
+
+
+def _timing(session: Session, participant_id: int) -> tuple[float | None, float | None]:
+    """(median main-trial rt_ms, median server_rt_ms of main and catch trials) of one participant."""
+    rows = session.execute(
+        select(Trial.kind, Response.rt_ms, Response.server_rt_ms)
+        .join(Trial, Trial.id == Response.trial_id)
+        .where(Trial.participant_id == participant_id, Trial.kind != "practice")
+    ).all()
+    main_rt = median([rt for kind, rt, _ in rows if kind == "main" and rt is not None])
+    server = median([srv for _, _, srv in rows if srv is not None])
+    return main_rt, server
 
 
 def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
@@ -239,8 +265,7 @@ def finish(db: Database, token: Any, payload: Any) -> dict[str, Any]:
             .join(Trial, Trial.id == Response.trial_id)
             .where(Trial.participant_id == participant.id, Trial.kind == "catch", Response.response != Trial.target_side)
         ) or 0
-        screen_out = bool(exp.settings.get("screenout_code")) and failures > exp.settings["max_catch_failures"]
-        screen_out = screen_out or _too_fast(session, participant.id, exp.settings.get("min_median_trial_ms") or 0)
+        screen_out = bool(screen_flags(exp.settings, failures, *_timing(session, participant.id)))
         session.execute(
             update(Participant)
             .where(Participant.id == participant.id, Participant.status == "in_progress")

@@ -130,7 +130,7 @@ def counts_toward_list(exp: Experiment, now: datetime | None = None) -> ColumnEl
     Completed ones always; ``in_progress`` ones only until the experiment's
     ``timeout_minutes`` after their start (an abandoned session frees its slot; the
     participant may still finish, and then counts again); screened-out ones only if
-    the experiment's ``screened_out_frees_slot`` is off.
+    the experiment's ``screened_out_frees_slot`` is off; previews and voided ones never.
     """
     settings = exp.settings
     cutoff = (now or utcnow()) - timedelta(minutes=int(settings.get("timeout_minutes") or 90))
@@ -140,7 +140,8 @@ def counts_toward_list(exp: Experiment, now: datetime | None = None) -> ColumnEl
     )
     if not settings.get("screened_out_frees_slot", True):
         rule = or_(rule, Participant.status == "screened_out")
-    return rule
+    # Rehearsals (preview links) and participants the researcher voided never hold a slot.
+    return and_(rule, Participant.preview.is_(False), Participant.voided_at.is_(None))
 
 
 def list_counts(session: Session, exp: Experiment) -> list[int]:

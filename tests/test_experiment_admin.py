@@ -102,11 +102,13 @@ def test_experiment_page_counts_and_live_bias(admin_client, experiment, particip
     assert 'data-testid="chance-line"' in html and 'data-testid="bias-table"' in html
     assert "one" in html and "two" in html and "in_progress: <strong>1</strong>" in html
     lists = re.search(r'data-testid="list-table".*?</table>', html, re.S).group(0)
-    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td></tr>", lists)
+    rows = re.findall(r"<tr><td>(\d+)</td>" + r"<td>(\d+)</td>" * 5 + "</tr>", lists)
     assert [r[0] for r in rows] == [str(i) for i in range(8)]  # 2 sides x 4 rotations
     assert sum(int(r[1]) + int(r[2]) + int(r[3]) for r in rows) == 2
     bias = re.search(r'data-testid="bias-table".*?</table>', html, re.S).group(0)
     assert "targets" in bias and "<td>2</td>" in bias and "<td>16</td>" in bias
+    assert "catch" not in bias  # attention is shown apart from the bias
+    assert re.search(r'data-testid="catch-accuracy">\d+ of \d+ catch trials answered correctly', html)
     assert admin_client.get("/admin/experiments/nope").status_code == 404
 
 
