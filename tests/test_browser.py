@@ -26,8 +26,12 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 #: Small and quick, but with every kind of screen: practice, a break, catch, debrief.
+#: One catch failure is allowed: these tests are about saving, not attention (tests/test_rehearsal.py is).
 CONFIG: dict[str, Any] = dict(trials_per_participant=4, practice_trials=1, catch_trials=1, fixation_ms=150, iti_ms=100,
-                              break_every=2)
+                              break_every=2, max_catch_failures=1)
+#: How long a participant of these tests looks at a pair before answering (the page's own clock):
+#: above the screen-out's median of 250 ms, as a person's answer would be.
+THINK_MS = 300
 N_TRIALS = 6
 TIMEOUT_MS = 20_000
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -37,8 +41,13 @@ LiveStudy = Any  # the conftest's live_study fixture
 #: test can tell the fifth "response" screen from the fourth even when they follow quickly.
 PHASE_LOG = """
 window.__phases = [];
+window.__responseAt = 0;
 new MutationObserver(function (records) {
-  records.forEach(function (r) { window.__phases.push(r.target.getAttribute('data-phase')); });
+  records.forEach(function (r) {
+    var phase = r.target.getAttribute('data-phase');
+    window.__phases.push(phase);
+    if (phase === 'response') window.__responseAt = performance.now();
+  });
 }).observe(document, {attributes: true, subtree: true, attributeFilter: ['data-phase']});
 """
 
@@ -53,7 +62,8 @@ NEXT_STEP = """
   const button = document.querySelector('[data-testid=continue]');
   const ready = button && !button.hidden;
   if (phase === 'response' && shown > answered) return 'response';
-  if (phase === 'done' || phase === 'error') return phase;
+  if (phase === 'done' || phase === 'error' || phase === 'state') return phase;
+  if (phase === 'fullscreen' && !document.fullscreenElement) return 'fullscreen';
   if (phase === 'consent' && ready && button.disabled) return 'consent';
   if (ready && !button.disabled) return 'continue:' + phase;
   return false;
@@ -100,11 +110,12 @@ def context(chromium: Any) -> Iterator[Any]:
 class Participant:
     """One browser tab taking part; remembers every answer it gave, in order."""
 
-    def __init__(self, page: Any, shots: Path, name: str, keyboard: bool = True) -> None:
+    def __init__(self, page: Any, shots: Path, name: str, keyboard: bool = True, think_ms: float = THINK_MS) -> None:
         self.page = page
         self.shots = shots
         self.name = name
         self.keyboard = keyboard
+        self.think_ms = think_ms
         self.answered = 0  # "response" screens handled since this tab's page was (re)loaded
         self.answers: list[str] = []
         self.console_errors: list[str] = []
@@ -152,6 +163,8 @@ class Participant:
         side = side or ("left" if len(self.answers) % 2 == 0 else "right")
         if wait_for_mask:
             self.page.wait_for_function("() => !document.getElementById('mask-left').hidden")
+        if self.think_ms > 0:  # looks at the pair first, timed on the page's own clock
+            self.page.wait_for_function("(ms) => performance.now() - window.__responseAt >= ms", arg=self.think_ms)
         self.shot(f"answer-{len(self.answers)}{'-mask' if wait_for_mask else ''}")
         if self.keyboard:
             self.page.keyboard.press("f" if side == "left" else "j")
@@ -163,24 +176,41 @@ class Participant:
         self.answers.append(side)
         return side
 
-    def run(self, *, stop_after_answers: int | None = None, wait_for_mask: bool = False) -> str | None:
-        """Take part until the end (returns the completion code) or until ``stop_after_answers`` answers."""
+    def enter_fullscreen(self) -> None:
+        """Press the page's fullscreen button (a real click: requestFullscreen needs a user gesture)."""
+        self.shot("fullscreen")
+        self.page.get_by_test_id("fullscreen").click()
+        self.page.wait_for_function("() => !!document.fullscreenElement")
+
+    def state(self) -> str:
+        """The refusal or final state the page shows (templates/run.html, #screen-state)."""
+        return self.page.evaluate("document.getElementById('app').dataset.state || ''")
+
+    def run(self, *, stop_after_answers: int | None = None, wait_for_mask: bool = False,
+            side: Any = None) -> str | None:
+        """Take part until the end (the completion code; ``state:NAME`` for a final state) or until
+        ``stop_after_answers`` answers. ``side(page)`` may choose each answer (default: alternate)."""
         while True:
             if stop_after_answers is not None and len(self.answers) >= stop_after_answers:
                 return None
             step = self.next_step()
             if step == "response":
-                self.answer(wait_for_mask=wait_for_mask)
+                self.answer(side(self) if side else None, wait_for_mask=wait_for_mask)
             elif step == "consent":
                 self.consent()
+            elif step == "fullscreen":
+                self.enter_fullscreen()
             elif step.startswith("continue:"):
                 self.press_continue(step.split(":", 1)[1])
             elif step == "done":
                 self.shot("done")
                 return self.page.get_by_test_id("completion-code").inner_text()
+            elif step == "state":
+                self.shot("state")
+                return f"state:{self.state()}"
             else:
                 self.shot("error")
-                pytest.fail(f"the page shows an error: {self.page.locator('#error-text').inner_text()}")
+                pytest.fail("the page shows its error screen")
 
     def wait_for_response_screen(self) -> None:
         """Go through screens until the next pair is on screen, without answering it."""
@@ -190,6 +220,8 @@ class Participant:
                 return
             if step == "consent":
                 self.consent()
+            elif step == "fullscreen":
+                self.enter_fullscreen()
             elif step.startswith("continue:"):
                 self.press_continue(step.split(":", 1)[1])
             else:
@@ -261,6 +293,8 @@ def test_reload_resumes_at_the_next_unanswered_trial(live_study: LiveStudy, cont
     expected_left = me.page.get_by_test_id("left").get_attribute("src")
     me.shot("before-reload")
     me.reload()
+    assert me.next_step() == "fullscreen"  # a reloaded page is not in fullscreen: the trials wait for it
+    me.enter_fullscreen()
     assert me.next_step() == "continue:message"
     assert me.page.locator("#message-title").inner_text() == "Welcome back"
     me.wait_for_response_screen()  # the same trial 3, not answered before the reload
