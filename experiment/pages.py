@@ -68,9 +68,11 @@ def run(slug: str):  # type: ignore[no-untyped-def]
 
 
 def return_url(settings: dict) -> str | None:
-    """Where the refusal pages point: Prolific, for studies that send their participants back there."""
+    """Where the refusal pages point: Prolific, for studies taken through it (a PROLIFIC_PID is required, or
+    participants are sent back there at the end); None for other studies."""
     host = urlsplit(settings.get("redirect_url") or "").hostname or ""
-    return PROLIFIC_HOME if host == "prolific.com" or host.endswith(".prolific.com") else None
+    on_prolific = settings.get("require_prolific_pid") or host == "prolific.com" or host.endswith(".prolific.com")
+    return PROLIFIC_HOME if on_prolific else None
 
 
 def image_px(exp: Experiment) -> int:
