@@ -50,6 +50,7 @@ def export_rows(db: Database, slug: str) -> list[dict[str, Any]]:
                     "question": trial.question,
                     "question_target": trial.question_target,
                     "eps": trial.eps,
+                    "model_set": trial.model_set,
                     "source": trial.source,
                     "pair_key": trial.pair_key,
                     "left_stimulus_id": trial.left_stimulus_id,
