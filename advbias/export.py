@@ -12,7 +12,7 @@ from advbias.trials import MAIN_TRIAL_TYPES, TRIAL_TYPES  # noqa: F401  (the ``c
 #: Column order of the export.
 COLUMNS: tuple[str, ...] = (
     "experiment", "participant", "prolific_pid", "study_id", "session_id", "participant_status", "list", "seed",
-    "trial_index", "kind", "condition", "question", "question_target", "eps", "source", "pair_key",
+    "trial_index", "kind", "condition", "question", "question_target", "eps", "model_set", "source", "pair_key",
     "left_stimulus_id", "right_stimulus_id", "left_target", "right_target", "left_condition", "right_condition",
     "target_side", "response", "chosen_target", "chose_question_target", "response_source", "rt_ms",
     "presentation_ms", "onset_frame_ms", "offset_frame_ms", "refresh_hz", "fullscreen", "blurred", "blur_events",

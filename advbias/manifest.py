@@ -44,6 +44,7 @@ COLUMNS: tuple[str, ...] = (
     "holdout_top1",
     "holdout_top1_name",
     "pair_key",
+    "model_set",
 )
 
 #: The columns a reader cannot do without (the others are descriptive).
@@ -53,15 +54,32 @@ REQUIRED: tuple[str, ...] = (
 )
 
 #: The values of the ``condition`` column (what an image is), in the order rows are sorted.
-IMAGE_CONDITIONS: tuple[str, ...] = ("clean", "adversarial", "flip", "noise")
+IMAGE_CONDITIONS: tuple[str, ...] = ("clean", "adversarial", "flip", "noise", "phase")
+#: Conditions made from one adversarial image, so carrying its target (the others carry none).
+TARGETED_CONDITIONS: tuple[str, ...] = ("adversarial", "flip", "phase")
+
+#: A model set's name: what ``--model-set NAME=...`` gives, the manifest's ``model_set`` and the export's.
+#: Letters, digits, ``.``, ``_``, ``+`` and ``-`` (no ``:``, so that it can end a ``pair_key``).
+MODEL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SOURCE_HASH = re.compile(r"^[0-9a-f]{16,64}$")
 
 
-def pair_key(source_sha256: str, a: str, b: str, eps: int) -> str:
-    """The key tying the A and B versions (and controls) of one photo, category pair and budget."""
-    return f"{source_sha256[:16]}:{a}:{b}:{eps}"
+def pair_key(source_sha256: str, a: str, b: str, eps: int, model_set: str = "") -> str:
+    """The key tying the A and B versions (and controls) of one photo, category pair, budget and model set.
+
+    A set made on one model set (and every set from before model sets) keeps the short
+    form ``SHA16:A:B:EPS``; several model sets append ``:NAME``, since each set has its own
+    A and B images of the same photo, pair and budget.
+    """
+    key = f"{source_sha256[:16]}:{a}:{b}:{eps}"
+    return f"{key}:{model_set}" if model_set else key
+
+
+def model_set_name(models: "list[str] | tuple[str, ...]") -> str:
+    """The name ``--models M1,M2`` gives its one model set: the models joined by ``+``."""
+    return "+".join(models)
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,9 @@ class StimulusRow:
     pair_key: str = ""
     ensemble_category: str = ""
     ensemble_category_prob: float | None = None
+    #: the model set the image was made on; empty for a clean crop (shared by every set) and for
+    #: every row of a manifest from before model sets (one set)
+    model_set: str = ""
 
 
 def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
@@ -101,7 +122,7 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
         raise ValueError(f"{where}: pair {pair!r} is not of the form A:B")
     if cond != "clean" and not pair:
         raise ValueError(f"{where}: a {cond} image needs a pair")
-    if cond in ("adversarial", "flip") and rec["target"] not in pair.split(":"):
+    if cond in TARGETED_CONDITIONS and rec["target"] not in pair.split(":"):
         raise ValueError(f"{where}: target {rec['target']!r} is not one of the pair {pair!r}")
     prob_text = (rec["ensemble_category_prob"] or "").strip()
     try:
@@ -111,10 +132,15 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     sha = rec["source_sha256"] or ""
     if not _SOURCE_HASH.match(sha):
         raise ValueError(f"{where}: source_sha256 {sha!r} is not a hex digest")
+    model_set = (rec.get("model_set") or "").strip()  # absent in manifests from before model sets
+    if model_set and not MODEL_SET_NAME.match(model_set):
+        raise ValueError(f"{where}: model_set {model_set!r} is not a model-set name (letters, digits, . _ + -)")
+    if cond == "clean" and model_set:
+        raise ValueError(f"{where}: a clean image belongs to no model set (model_set must be empty)")
     return StimulusRow(
         stimulus_id=sid, source=rec["source"] or "", source_sha256=sha, condition=cond, pair=pair,
         target=rec["target"] or "", eps=eps, pair_key=rec["pair_key"] or "",
-        ensemble_category=rec["ensemble_category"] or "", ensemble_category_prob=prob,
+        ensemble_category=rec["ensemble_category"] or "", ensemble_category_prob=prob, model_set=model_set,
     )
 
 
@@ -180,11 +206,13 @@ def read_records(where: Path | str, *, on_problem: Callable[[str], None] | None 
     present. A bad row raises ``ValueError``; with ``on_problem`` it is reported there and kept
     instead, so that ``advbias stimuli verify`` can list every problem of a damaged set.
     """
-    return [rec for rec, _ in _validated(_manifest_file(where), COLUMNS, on_problem)]
+    # ``model_set`` is absent from manifests made before model sets: one set, read as empty.
+    required = tuple(c for c in COLUMNS if c != "model_set")
+    return [{"model_set": "", **rec} for rec, _ in _validated(_manifest_file(where), required, on_problem)]
 
 
 def row_order(row: Mapping[str, Any]) -> tuple:
-    """The manifest's row order: by source, then clean first, then pair, budget, condition, target.
+    """The manifest's row order: by source, then clean first, then pair, budget, model set, condition, target.
 
     A total, content-only order, so that any way of computing the rows (resumed, or
     split over processes) gives the same file.
@@ -196,6 +224,7 @@ def row_order(row: Mapping[str, Any]) -> tuple:
         0 if condition == "clean" else 1,
         str(row.get("pair") or ""),
         int(row.get("eps") or 0),
+        str(row.get("model_set") or ""),
         IMAGE_CONDITIONS.index(condition),
         str(row.get("target") or ""),
         str(row["stimulus_id"]),

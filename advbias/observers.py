@@ -2,12 +2,16 @@
 
 Written by ``advbias stimuli observe`` and read by ``advbias analyze --observers`` and
 ``advbias stimuli report``; this module owns the format (``docs/manifest.md``, section
-"Machine observers"). One row per model, trial type and budget:
+"Machine observers"). One row per model set, model, trial type and budget, so that with
+several model sets the file is a transfer matrix (the set an image was made on x the
+observer that answers):
 
+- ``model_set``: the model set whose images the trials show (empty in files from before
+  model sets, which the reader accepts: one set);
 - ``model``: the model's name as ``--models`` takes it (``lite2``, a torchvision name, ...);
-- ``role``: ``attacked`` (in the ensemble the set was made on: the ceiling), ``held_out``
-  (the set's held-out model) or ``other`` (any further model);
-- ``condition``: the trial type (``targets``, ``vs_clean``, ``vs_flip``, ``vs_noise``), as in the export;
+- ``role``: ``attacked`` (in the ensemble that model set was made on: the ceiling), ``held_out``
+  (the set's held-out model) or ``other`` (any further model, among them the models of the other sets);
+- ``condition``: the trial type (``targets``, ``vs_clean``, ``vs_flip``, ``vs_noise``, ``vs_phase``), as in the export;
 - ``eps``: the budget in 8-bit levels;
 - ``n_judgments``: two per image pair (one for each asked category);
 - ``bias``: the share of judgments that pick the image perturbed toward the asked category;
@@ -21,8 +25,10 @@ from typing import Any, Iterable, Mapping
 
 from advbias.setdir import atomic_write_text, csv_text, observers_path
 
-COLUMNS: tuple[str, ...] = ("model", "role", "condition", "eps", "n_judgments", "bias", "ci_low", "ci_high")
+COLUMNS: tuple[str, ...] = ("model_set", "model", "role", "condition", "eps", "n_judgments", "bias", "ci_low", "ci_high")
 ROLES: tuple[str, ...] = ("attacked", "held_out", "other")
+#: Columns a file may lack (older files): read as empty.
+OPTIONAL: tuple[str, ...] = ("model_set",)
 
 _INTS = ("eps", "n_judgments")
 _FLOATS = ("bias", "ci_low", "ci_high")
@@ -42,7 +48,7 @@ def read(path: str | Path) -> list[dict[str, Any]]:
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
             if missing:
                 raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
             rows = [_typed(rec, path, line) for line, rec in enumerate(reader, start=2)]
@@ -61,7 +67,7 @@ def write(setdir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 
 
 def _typed(rec: dict[str, str], path: Path, line: int) -> dict[str, Any]:
-    row: dict[str, Any] = {c: rec[c] for c in COLUMNS}
+    row: dict[str, Any] = {c: (rec.get(c) or "") if c in OPTIONAL else rec[c] for c in COLUMNS}
     if row["role"] not in ROLES:
         raise ValueError(f"{path} line {line}: role {row['role']!r} is not one of {', '.join(ROLES)}")
     for column, kind in [(c, int) for c in _INTS] + [(c, float) for c in _FLOATS]:

@@ -11,7 +11,8 @@ How the other image is found (``match``):
 * ``other_target``: the image of condition ``other`` with the same ``pair_key``, perturbed toward
   the pair's other category (``targets``);
 * ``same_target``: the image of condition ``other`` with the same ``pair_key`` and the asked
-  category as its target (``vs_flip``: the same perturbation turned upside down);
+  category as its target (``vs_flip``: the same perturbation turned upside down; ``vs_phase``: its
+  phase-randomised control);
 * ``pair``: the one image of condition ``other`` with the same ``pair_key`` (``vs_noise``);
 * ``source``: the image of condition ``other`` of the same photo (``vs_clean``: the clean crop).
 """
@@ -40,6 +41,7 @@ RULES: tuple[TrialType, ...] = (
     TrialType("vs_clean", "clean", "source", "perturbed vs clean"),
     TrialType("vs_flip", "flip", "same_target", "perturbed vs flipped perturbation"),
     TrialType("vs_noise", "noise", "pair", "perturbed vs random noise"),
+    TrialType("vs_phase", "phase", "same_target", "perturbed vs phase-randomised perturbation"),
 )
 BY_NAME: dict[str, TrialType] = {t.name: t for t in RULES}
 #: The main trial types, in order: the values a study's ``conditions`` may take.

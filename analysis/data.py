@@ -133,6 +133,9 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     for column in _TEXT_COLUMNS:
         if column in frame.columns:
             frame[column] = frame[column].astype("string")
+    # ``model_set`` is absent from exports of studies without model sets: one set, named "".
+    frame["model_set"] = frame["model_set"].fillna("") if "model_set" in frame.columns else ""
+    frame["model_set"] = frame["model_set"].astype("string")
     if frame["participant"].isna().any():
         raise ValueError(f"{path}: column 'participant' has {int(frame['participant'].isna().sum())} empty value(s)")
     _check_values(frame, "kind", KINDS, path)

@@ -146,7 +146,7 @@ def _wald(weights: np.ndarray, fit: Any, level: float) -> dict[str, float]:
 
 
 def contrasts(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.DataFrame":
-    """Every pair of trial types present, earlier minus later in ``targets, vs_clean, vs_flip, vs_noise``.
+    """Every pair of trial types present, earlier minus later in ``targets, vs_clean, vs_flip, vs_noise, vs_phase``.
 
     ``paired t`` rows: per budget and over all budgets (``eps = "all"``), the mean over
     participants of the difference of their means, with a t-CI, a paired t-test,

@@ -16,6 +16,8 @@
     mixed_model.csv         logistic mixed models (log-odds scale, odds ratios, probabilities)
     mixed_model_fits.csv    one row per fitted model: sizes, deviance, SDs, Wald test across budgets
     human_vs_machine.csv    with --observers: each machine observer beside the people
+    bias_by_model_set.csv, model_set_contrasts.csv, mixed_model_by_model_set.csv,
+    human_vs_machine_by_model_set.csv   with several model sets (analysis/model_sets.py)
     exclusions.csv          every excluded participant with the reason(s)
     exclusion_counts.csv    participants removed per rule, trials dropped by the RT window
     participants.csv        every participant: status, catch accuracy, fast/fullscreen/blur/server-timing checks
@@ -88,6 +90,9 @@ def analyze(df: "pd.DataFrame", config: AnalysisConfig | Mapping[str, Any] | str
         from .observers import human_vs_machine
 
         tables["human_vs_machine"] = human_vs_machine(tables["bias_by_eps"], observers)
+    from .model_sets import model_set_tables
+
+    tables.update(model_set_tables(kept, config, observers))
     bar.close()
     return tables
 
@@ -354,6 +359,9 @@ def _write_report(out: Path, df: "pd.DataFrame", tables: Mapping[str, "pd.DataFr
         _mixed_section(doc, tables, config)
     if "human_vs_machine" in tables:
         _machines_section(doc, tables, Path(str(provenance["observers"])).name)
+    from .model_sets import model_set_section
+
+    model_set_section(doc, tables)
     _checks_section(doc, tables, config, figures)
     doc.heading("Settings and software")
     doc.para("`" + json.dumps(provenance["settings"], sort_keys=True) + "`", note=True)

@@ -166,6 +166,7 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
         f"  design: {s['main_trials']} main + {s['practice_trials']} practice + {s['catch_trials']} catch trials "
         f"per participant; {s['lists']} counterbalancing lists; pairs {', '.join(s['pairs'])}; budgets "
         f"{', '.join(map(str, s['budgets']))}; trial types {', '.join(s['conditions'])}"
+        + (f"; model sets {', '.join(s['model_sets'])}" if any(s["model_sets"]) else "")
     )
     if s["excluded_sources"]:
         print(f"  note: {s['excluded_sources']} source image(s) lack some version the design needs and are not used")

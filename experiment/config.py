@@ -25,6 +25,7 @@ CONFIG_KEYS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "conditions": (list, ["targets"]),
     "pairs": (list, None),
     "budgets": (list, None),
+    "model_sets": (list, None),
     "trials_per_participant": (int, None),
     "practice_trials": (int, 2),
     "catch_trials": (int, 2),
@@ -108,7 +109,7 @@ def _typed_values(raw: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
             raise ValueError(f"config key {key} has the wrong type ({type(value).__name__})")
         values[key] = value
-    for key in ("conditions", "pairs"):
+    for key in ("conditions", "pairs", "model_sets"):
         if values[key] is not None and not all(isinstance(v, str) for v in values[key]):
             raise ValueError(f"config key {key} must be a list of strings")
     if values["budgets"] is not None and not all(type(v) is int for v in values["budgets"]):
@@ -176,6 +177,7 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
         conditions=tuple(values["conditions"]),
         pairs=tuple(values["pairs"]) if values["pairs"] is not None else None,
         budgets=tuple(values["budgets"]) if values["budgets"] is not None else None,
+        model_sets=tuple(values["model_sets"]) if values["model_sets"] is not None else None,
         trials_per_participant=values["trials_per_participant"],
         practice_trials=values["practice_trials"],
         catch_trials=values["catch_trials"],
@@ -237,7 +239,7 @@ def jsonable(value: Any) -> Any:
 
 def design_config_from_settings(settings: Mapping[str, Any]) -> DesignConfig:
     d = dict(settings["design"])
-    for key in ("conditions", "pairs", "budgets"):
+    for key in ("conditions", "pairs", "budgets", "model_sets"):
         if d.get(key) is not None:
             d[key] = tuple(d[key])
     return DesignConfig(**d)

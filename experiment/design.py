@@ -3,11 +3,13 @@
 Pure code (no database, no Flask) so that the balance guarantees can be checked
 directly and reproduced from the stored list and seed:
 
-* A **cell** is one combination of category pair ``A:B``, trial type
-  (``targets``, ``vs_clean``, ``vs_flip``, ``vs_noise``), budget and asked
-  category (A or B). An experiment with P pairs, C trial types and B budgets has
-  ``K = P * C * B * 2`` cells. A participant sees ``q = n / K`` source photos in
-  every cell (``n`` main trials, a multiple of K), each photo at most once.
+* A **cell** is one combination of category pair ``A:B``, model set (the
+  attack models the images were made on), trial type (``targets``,
+  ``vs_clean``, ``vs_flip``, ``vs_noise``, ``vs_phase``), budget and asked
+  category (A or B). An experiment with P pairs, M model sets, C trial types and
+  B budgets has ``K = P * M * C * B * 2`` cells. A participant sees ``q = n / K``
+  source photos in every cell (``n`` main trials, a multiple of K), each photo
+  at most once: so a photo seen on one model set is never seen on another.
 * **Lists** cross three counterbalancing factors, innermost first:
   the *side* (which side shows the image perturbed toward the asked category:
   as planned, or mirrored), the *rotation* (a Latin square: the photo at
@@ -20,17 +22,17 @@ directly and reproduced from the stored list and seed:
   every cell equally often; every 2K consecutive lists (one window) are already
   a complete Latin square with mirrored sides.
 * **Side balance within a participant.** The side of a main trial is a
-  checkerboard over the design factors: with ``(p, c, e, a)`` the indices of the
-  cell's pair, trial type, budget and asked category, ``m`` the photo's rank
-  within its cell and ``f`` the list's side factor, the target is on the left
-  when ``p + c + e + a + m + f`` is even. Any subset of main trials fixed by
-  some factors (one cell, one budget and asked category, one trial type, ...)
+  checkerboard over the design factors: with ``(p, s, c, e, a)`` the indices of the
+  cell's pair, model set, trial type, budget and asked category, ``m`` the photo's
+  rank within its cell and ``f`` the list's side factor, the target is on the left
+  when ``p + s + c + e + a + m + f`` is even. Any subset of main trials fixed by
+  some factors (one cell, one budget and asked category, one model set, ...)
   therefore shows the target left and right equally often, or with one extra
   trial on one side when the subset has an odd number of trials; the whole set
   (K is even) is exactly balanced.
 * **Catch trials** pair two clean images of different categories that the model
   ensemble is confident about and ask about one of them; **practice trials** use
-  the first trial type at the largest budget. Both prefer sources the participant
+  the first model set and trial type at the largest budget. Both prefer sources the participant
   does not see in a main trial; when the set has none to spare they reuse some.
 * The order (practice first, then main and catch trials shuffled together) and
   every other random choice come from ``random.Random(seed)``, the seed being
@@ -46,7 +48,7 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Iterable, Sequence
 
-from advbias.manifest import StimulusRow, pair_key
+from advbias.manifest import StimulusRow
 from advbias.trials import MAIN_TRIAL_TYPES, OTHER_IMAGE, ImageIndex
 
 DEFAULT_QUESTION = "Which image is more {category}-like?"
@@ -66,16 +68,18 @@ class DesignConfig:
     catch_min_prob: float = 0.5
     question: str = DEFAULT_QUESTION
     presentation_ms: int | None = None
+    model_sets: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One combination of pair, trial type, budget and asked category."""
+    """One combination of pair, model set, trial type, budget and asked category."""
 
     pair: str
     condition: str
     eps: int
     asked: str
+    model_set: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class TrialSpec:
     right_condition: str
     target_side: str
     presentation_ms: int | None
+    model_set: str = ""
 
 
 def question_text(template: str, category: str) -> str:
@@ -117,9 +122,11 @@ def validate_question(template: str) -> None:
 
 @dataclass
 class _Images:
-    """Lookup tables over the manifest rows: the trial-type rules' index, clean crops and photo names."""
+    """Lookup tables over the manifest rows: the trial-type rules' index, the images perturbed toward
+    each category by photo, pair, budget and model set, clean crops (shared by every set) and photo names."""
 
     trials: ImageIndex[StimulusRow]
+    toward: dict[tuple[str, str, int, str, str], StimulusRow] = field(default_factory=dict)
     clean: dict[str, StimulusRow] = field(default_factory=dict)
     source_name: dict[str, str] = field(default_factory=dict)
 
@@ -129,7 +136,9 @@ class _Images:
         images = cls(ImageIndex(rows))
         for row in sorted(rows, key=lambda r: r.stimulus_id):  # deterministic choice among duplicates
             images.source_name.setdefault(row.source_sha256, row.source)
-            if row.condition == "clean":
+            if row.condition == "adversarial":
+                images.toward.setdefault((row.source_sha256, row.pair, row.eps, row.model_set, row.target), row)
+            elif row.condition == "clean":
                 images.clean.setdefault(row.source_sha256, row)
         return images
 
@@ -149,21 +158,17 @@ class Design:
             raise ValueError("the stimulus set has no adversarial images")
         self._check_conditions(config)
         self.pairs, self.budgets = self._factors(config, adversarial)
-        self.cells: tuple[Cell, ...] = tuple(
-            Cell(pair, cond, eps, asked)
-            for pair in self.pairs
-            for cond in config.conditions
-            for eps in self.budgets
-            for asked in pair.split(":", 1)
-        )
-        #: (pair + trial type + budget + asked category indices) mod 2: the checkerboard of the sides.
+        self.model_sets = self._model_sets(config, adversarial)
+        #: (pair + model set + trial type + budget + asked category indices) mod 2: the checkerboard of the sides.
         self.cell_parity: dict[Cell, int] = {
-            Cell(pair, cond, eps, asked): (p + c + e + a) % 2
+            Cell(pair, cond, eps, asked, model_set): (p + m + c + e + a) % 2
             for p, pair in enumerate(self.pairs)
+            for m, model_set in enumerate(self.model_sets)
             for c, cond in enumerate(config.conditions)
             for e, eps in enumerate(self.budgets)
             for a, asked in enumerate(pair.split(":", 1))
         }
+        self.cells: tuple[Cell, ...] = tuple(self.cell_parity)
         all_sources = sorted(self.images.source_name)
         self.sources: tuple[str, ...] = tuple(s for s in all_sources if self._source_usable(s))
         self.excluded_sources = len(all_sources) - len(self.sources)
@@ -205,12 +210,29 @@ class Design:
             raise ValueError("budgets must list at least one budget, each once")
         return pairs, budgets
 
+    @staticmethod
+    def _model_sets(config: DesignConfig, adversarial: list[StimulusRow]) -> tuple[str, ...]:
+        """The model sets of the design: those asked for (``model_sets``), each present in the set; by default all.
+
+        A set made before model sets has one, unnamed (``""``).
+        """
+        set_names = sorted({r.model_set for r in adversarial})
+        if config.model_sets is None:
+            return tuple(set_names)
+        shown = ", ".join(n or '""' for n in set_names)
+        for name in config.model_sets:
+            if name not in set_names:
+                raise ValueError(f"model set {name!r} is not in the stimulus set (it has {shown})")
+        if not config.model_sets or len(set(config.model_sets)) != len(config.model_sets):
+            raise ValueError("model_sets must list at least one model set, each once")
+        return tuple(config.model_sets)
+
     def _main_trials(self, config: DesignConfig) -> int:
         """Main trials per participant: a multiple of the cell count that the usable photos can carry."""
         k = len(self.cells)
         if len(self.sources) < k:
             raise ValueError(
-                f"the design has {k} cells (pairs x trial types x budgets x 2 asked categories) and needs "
+                f"the design has {k} cells (pairs x model sets x trial types x budgets x 2 asked categories) and needs "
                 f"at least one source image per cell; the stimulus set has {len(self.sources)} usable source images"
             )
         per_cell_max = len(self.sources) // k
@@ -264,6 +286,7 @@ class Design:
         """A JSON-able description for the admin page and ``experiment create``."""
         return {
             "pairs": list(self.pairs),
+            "model_sets": list(self.model_sets),
             "conditions": list(self.config.conditions),
             "budgets": list(self.budgets),
             "cells": len(self.cells),
@@ -283,11 +306,11 @@ class Design:
 
     def _images_for(self, cell: Cell, sha: str) -> tuple[StimulusRow, StimulusRow] | None:
         """(image toward the asked category, the other image) for one source, or None if missing."""
-        key = pair_key(sha, *cell.pair.split(":", 1), cell.eps)
-        toward = self.images.trials.toward(key, cell.asked)
+        toward = self.images.toward.get((sha, cell.pair, cell.eps, cell.model_set, cell.asked))
         if toward is None:
             return None
-        other = self.images.trials.other(cell.condition, key, sha, cell.pair, cell.asked)
+        # the toward image's pair_key carries its model set when the set has several
+        other = self.images.trials.other(cell.condition, toward.pair_key, sha, cell.pair, cell.asked)
         return None if other is None else (toward, other)
 
     def list_factors(self, list_index: int) -> tuple[int, int, int]:
@@ -343,6 +366,7 @@ class Design:
             right_condition=right.condition,
             target_side=target_side,
             presentation_ms=self.config.presentation_ms,
+            model_set=cell.model_set,
         )
 
     @staticmethod
@@ -407,13 +431,13 @@ class Design:
         return catch, catch_used
 
     def _practice_trials(self, rng: random.Random, avoid: set[str]) -> list[TrialSpec]:
-        """The first trial type at the largest budget; asked category and side alternate."""
+        """The first model set and trial type at the largest budget; asked category and side alternate."""
         practice: list[TrialSpec] = []
         pair = self.pairs[0]
         a, b = pair.split(":", 1)
         start = rng.randrange(2)
         order = self._prefer_unused(rng, self.sources, avoid)
         for j in range(self.config.practice_trials):
-            cell = Cell(pair, self.config.conditions[0], max(self.budgets), (a, b)[j % 2])
+            cell = Cell(pair, self.config.conditions[0], max(self.budgets), (a, b)[j % 2], self.model_sets[0])
             practice.append(self._trial("practice", cell, order[j % len(order)], SIDES[(j + start) % 2]))
         return practice

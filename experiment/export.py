@@ -59,6 +59,7 @@ def export_rows(db: Database, slug: str, *, include_void: bool = False) -> list[
                     "question": trial.question,
                     "question_target": trial.question_target,
                     "eps": trial.eps,
+                    "model_set": trial.model_set,
                     "source": trial.source,
                     "pair_key": trial.pair_key,
                     "left_stimulus_id": trial.left_stimulus_id,

@@ -87,6 +87,8 @@ class Stimulus(Base):
     pair_key: Mapped[str] = mapped_column(String(256), default="")
     ensemble_category: Mapped[str] = mapped_column(String(64), default="")
     ensemble_category_prob: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
+    #: The model set the image was made on (empty: a clean crop, or a set from before model sets).
+    model_set: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     experiment: Mapped[Experiment] = relationship(back_populates="stimuli")
 
@@ -162,6 +164,8 @@ class Trial(Base):
     right_condition: Mapped[str] = mapped_column(String(16))
     target_side: Mapped[str] = mapped_column(String(5))
     presentation_ms: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    #: The model set of the trial's images, a design factor (empty: catch trials, or a set without model sets).
+    model_set: Mapped[str] = mapped_column(String(64), default="", server_default="")
     #: When the trial list first handed this trial to the participant's browser.
     delivered_at: Mapped[Optional[datetime]] = mapped_column(DateTime(timezone=True), nullable=True)
 

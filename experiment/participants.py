@@ -194,6 +194,7 @@ def _trial_row(participant_id: int, index: int, s: TrialSpec) -> dict[str, Any]:
         pair_key=s.pair_key, left_stimulus_id=s.left_stimulus_id, right_stimulus_id=s.right_stimulus_id,
         left_target=s.left_target, right_target=s.right_target, left_condition=s.left_condition,
         right_condition=s.right_condition, target_side=s.target_side, presentation_ms=s.presentation_ms,
+        model_set=s.model_set,
     )
 
 

@@ -63,6 +63,7 @@ def create_experiment(
                     experiment_id=exp.id, stimulus_id=r.stimulus_id, source=r.source, source_sha256=r.source_sha256,
                     condition=r.condition, pair=r.pair, target=r.target, eps=r.eps, pair_key=r.pair_key,
                     ensemble_category=r.ensemble_category, ensemble_category_prob=r.ensemble_category_prob,
+                    model_set=r.model_set,
                 )
                 for r in rows
             )
@@ -101,7 +102,7 @@ def load_design(session: Session, exp: Experiment) -> Design:
         StimulusRow(
             stimulus_id=s.stimulus_id, source=s.source, source_sha256=s.source_sha256, condition=s.condition,
             pair=s.pair, target=s.target, eps=s.eps, pair_key=s.pair_key, ensemble_category=s.ensemble_category,
-            ensemble_category_prob=s.ensemble_category_prob,
+            ensemble_category_prob=s.ensemble_category_prob, model_set=s.model_set,
         )
         for s in session.scalars(select(Stimulus).where(Stimulus.experiment_id == exp.id))
     ]

@@ -36,12 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="category pairs, e.g. cat:truck,sheep:chair (categories, ImageNet class names or indices)")
     gen.add_argument("--eps", required=True, metavar="E[,E]", help="budgets in 8-bit levels (1..255), e.g. 2,4,8,16")
     gen.add_argument("--steps", default=None, help="PGD steps per image (default: the default recipe's, 200)")
-    gen.add_argument("--models", default="lite0", metavar="M[,M]",
-                     help="models attacked as one ensemble (mean logits); default lite0")
+    gen.add_argument("--models", default=None, metavar="M[,M]",
+                     help="models attacked as one ensemble (mean logits): one model set named after them; default lite0")
+    gen.add_argument("--model-set", action="append", default=None, metavar="NAME=M[,M]", dest="model_sets",
+                     help="a named set of models attacked as one ensemble; repeat for several sets (every photo, "
+                          "target and budget is made once per set), e.g. --model-set conv=lite0,lite1 "
+                          "--model-set other=lite2; takes the place of --models")
     gen.add_argument("--holdout", default="", metavar="M[,M]",
                      help="models not attacked, used to measure transfer (e.g. lite2); default none")
-    gen.add_argument("--controls", default="", metavar="flip,noise",
-                     help="control images: flip (perturbation turned upside down), noise (random +/-eps)")
+    gen.add_argument("--controls", default="", metavar="flip,noise,phase",
+                     help="control images: flip (perturbation turned upside down), noise (random +/-eps), "
+                          "phase (the perturbation's Fourier amplitudes with random phases, same budget)")
     gen.add_argument("--size", default="224", help="side of the square centre crop in pixels (default 224)")
     gen.add_argument("--seed", default="0", help="random seed (default 0)")
     gen.add_argument("--limit", default=None, metavar="N",
@@ -96,14 +101,18 @@ def _is_rank_zero() -> bool:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from advbias.errors import CLIError
     from stimuli.generate import generate_set
 
+    if args.model_sets and args.models is not None:
+        raise CLIError("give --models (one set) or --model-set (one or more named sets), not both")
     recipe = {k: v for k, v in (("steps", args.steps), ("loss", args.loss), ("momentum", args.momentum),
                                 ("input_diversity", args.input_diversity), ("ti_kernel", args.ti_kernel),
                                 ("step_ratio", args.step_ratio))
               if v is not None}
     summary = generate_set(
-        args.images, args.pairs, args.eps, out=args.out, models=args.models, holdout=args.holdout,
+        args.images, args.pairs, args.eps, out=args.out, models=args.models or "lite0", model_sets=args.model_sets,
+        holdout=args.holdout,
         controls=args.controls, size=args.size, seed=args.seed, limit=args.limit, device=args.device,
         batch_size=args.batch_size, progress=not args.no_progress, **recipe,
     )

@@ -161,8 +161,8 @@ def _attack_items(unit: Sequence[Source], params: SetParams) -> list[tuple[int, 
 
 
 def _attack(clean: "torch.Tensor", items, k: int, params: SetParams, scorer: Scorer, device: str,  # noqa: F821
-            ticker: Any) -> "torch.Tensor":  # noqa: F821
-    """The unit's adversarial images, rounded to uint8 within each item's budget."""
+            ticker: Any, tag: tuple[str, ...] = ()) -> "torch.Tensor":  # noqa: F821
+    """The unit's adversarial images on one model set, rounded to uint8 within each item's budget."""
     import torch
 
     import attacks
@@ -171,11 +171,11 @@ def _attack(clean: "torch.Tensor", items, k: int, params: SetParams, scorer: Sco
     levels = torch.tensor([it[2] for it in items], dtype=torch.long)
     x0 = clean[index]
     eps = levels.float() / 255.0
-    torch.manual_seed(derived_seed(params.seed, "unit", k))
+    torch.manual_seed(derived_seed(params.seed, "unit", k, *tag))
     x_adv = attacks.linf_pgd(
         scorer.ensemble, x0.float() / 255.0, [it[3] for it in items], eps,
         step_size=None if params.step_ratio is None else eps * max(params.step_ratio, 2.5 / params.steps),
-        **params.attack_options(), seed=derived_seed(params.seed, "attack", k), device=device,
+        **params.attack_options(), seed=derived_seed(params.seed, "attack", k, *tag), device=device,
         batch_size=params.batch_size, progress=ticker if ticker is not None else False,
     )
     adv = attacks.quantize(x_adv.cpu(), x0, levels).cpu()
@@ -184,34 +184,37 @@ def _attack(clean: "torch.Tensor", items, k: int, params: SetParams, scorer: Sco
     return adv
 
 
-def _unit_images(unit: Sequence[Source], clean, adv, items, params: SetParams) -> tuple[list, list[dict[str, Any]]]:
-    """Every image of the unit (clean, adversarial, controls) with its manifest fields before scoring."""
+def _set_images(unit: Sequence[Source], clean, adv, items, params: SetParams, name: str) -> tuple[list, list[dict[str, Any]]]:
+    """One model set's images of the unit (adversarial and controls) with their manifest fields before scoring."""
     import torch
+
+    from stimuli.controls import flip_control, noise_control, phase_control
 
     images: list[torch.Tensor] = []
     meta: list[dict[str, Any]] = []
+    tag = params.set_tag(name)
 
-    def add(img: torch.Tensor, i: int, cond: str, pair: str | None, target: str | None, e: int, steps: int) -> None:
-        images.append(img)
-        meta.append({"_i": i, "condition": cond, "pair": pair, "target": target, "eps": e, "steps": steps})
+    def add(img: Any, i: int, cond: str, pair: str, target: str | None, e: int, steps: int) -> None:
+        images.append(torch.as_tensor(np.ascontiguousarray(img)))
+        meta.append({"_i": i, "condition": cond, "pair": pair, "target": target, "eps": e, "steps": steps,
+                     "model_set": name})
 
-    for i in range(len(unit)):
-        add(clean[i], i, "clean", None, None, 0, 0)
     for j, (i, (a, b), e, target) in enumerate(items):
         add(adv[j], i, "adversarial", f"{a}:{b}", target, e, params.steps)
     if "flip" in params.controls:  # the same perturbation, upside down
         for j, (i, (a, b), e, target) in enumerate(items):
-            delta = adv[j].to(torch.int16) - clean[i].to(torch.int16)
-            flipped = (clean[i].to(torch.int16) + torch.flip(delta, dims=[1])).clamp(0, 255).to(torch.uint8)
-            add(flipped, i, "flip", f"{a}:{b}", target, e, 0)
+            add(flip_control(clean[i].numpy(), adv[j].numpy()), i, "flip", f"{a}:{b}", target, e, 0)
     if "noise" in params.controls:  # random +/-eps per pixel
         for i, src in enumerate(unit):
             for a, b in params.pairs:
                 for e in params.eps:
-                    gen = torch.Generator().manual_seed(derived_seed(params.seed, "noise", src.sha256, a, b, e))
+                    gen = torch.Generator().manual_seed(derived_seed(params.seed, "noise", src.sha256, a, b, e, *tag))
                     signs = torch.randint(0, 2, clean[i].shape, generator=gen, dtype=torch.int16) * 2 - 1
-                    noisy = (clean[i].to(torch.int16) + signs * e).clamp(0, 255).to(torch.uint8)
-                    add(noisy, i, "noise", f"{a}:{b}", None, e, 0)
+                    add(noise_control(clean[i].numpy(), e, signs.numpy()), i, "noise", f"{a}:{b}", None, e, 0)
+    if "phase" in params.controls:  # the perturbation's amplitude spectrum with random phases
+        for j, (i, (a, b), e, target) in enumerate(items):
+            seed = derived_seed(params.seed, "phase", unit[i].sha256, a, b, e, target, name)
+            add(phase_control(clean[i].numpy(), adv[j].numpy(), e, seed), i, "phase", f"{a}:{b}", target, e, 0)
     return images, meta
 
 
@@ -231,22 +234,37 @@ def _save(setdir: Path, unit: Sequence[Source], stack, clean, meta: list[dict[st
     return ids, linfs.tolist()
 
 
-def _compute_unit(unit: Sequence[Source], k: int, params: SetParams, setdir: Path, scorer: Scorer, device: str,
-                  ticker: Any = None) -> list[dict[str, Any]]:
-    """Attack, quantise, add controls, score and save one unit; returns its manifest rows."""
+def _compute_unit(unit: Sequence[Source], k: int, params: SetParams, setdir: Path, scorers: dict[str, Scorer],
+                  device: str, ticker: Any = None) -> list[dict[str, Any]]:
+    """Attack on every model set, quantise, add controls, score and save one unit; returns its manifest rows.
+
+    The clean crops are shared by every model set (scored by the first set's ensemble, which is
+    what catch trials rely on); every other image is made and scored on its own set.
+    """
     import torch
 
     crops = [load_crop(s, params.size) for s in unit]
     clean = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
     items = _attack_items(unit, params)
-    adv = _attack(clean, items, k, params, scorer, device, ticker)
-    images, meta = _unit_images(unit, clean, adv, items, params)
+    images: list[Any] = []
+    meta: list[dict[str, Any]] = []
+    scores: list[dict[str, Any]] = []
+    for n, (name, _models) in enumerate(params.sets):
+        adv = _attack(clean, items, k, params, scorers[name], device, ticker, params.set_tag(name))
+        set_images, set_meta = _set_images(unit, clean, adv, items, params, name)
+        if n == 0:  # the clean crops, scored in one batch with the first set's images
+            set_images = [clean[i] for i in range(len(unit))] + set_images
+            set_meta = [{"_i": i, "condition": "clean", "pair": None, "target": None, "eps": 0, "steps": 0,
+                         "model_set": ""} for i in range(len(unit))] + set_meta
+        scores += scorers[name].score(torch.stack(set_images), [m["target"] for m in set_meta])
+        images += set_images
+        meta += set_meta
     stack = torch.stack(images)
-    scores = scorer.score(stack, [m["target"] for m in meta])
     ids, linfs = _save(setdir, unit, stack, clean, meta)
     rows = []
     for stimulus_id, linf, m, s in zip(ids, linfs, meta, scores):
         src, pair = unit[m["_i"]], m["pair"]
+        key_set = m["model_set"] if params.several_sets else ""
         rows.append({
             "stimulus_id": stimulus_id,
             "file": image_file(stimulus_id),
@@ -259,7 +277,8 @@ def _compute_unit(unit: Sequence[Source], k: int, params: SetParams, setdir: Pat
             "eps": m["eps"],
             "linf": linf,
             "steps": m["steps"],
-            "pair_key": pair_key(src.sha256, *pair.split(":"), m["eps"]) if pair else None,
+            "pair_key": pair_key(src.sha256, *pair.split(":"), m["eps"], key_set) if pair else None,
+            "model_set": m["model_set"],
             **s,
         })
     return rows
@@ -273,6 +292,7 @@ def _count(rows: Sequence[dict[str, str]]) -> dict[str, Any]:
     for c in IMAGE_CONDITIONS:
         counts[c] = sum(1 for r in rows if r["condition"] == c)
     counts["pair_keys"] = len({r["pair_key"] for r in rows if r["pair_key"]})
+    counts["model_sets"] = len({r["model_set"] for r in rows if r["model_set"]})
     return counts
 
 
@@ -284,6 +304,7 @@ def generate_set(
     out: str | os.PathLike,
     steps: Any = DEFAULT_RECIPE["steps"],
     models: Any = ("lite0",),
+    model_sets: Any = None,
     holdout: Any = None,
     controls: Any = (),
     size: Any = 224,
@@ -300,14 +321,17 @@ def generate_set(
 ) -> SetSummary:
     """Build (or finish) the stimulus set in ``out``; returns its summary (a path-like of the folder).
 
-    Mirrors ``advbias stimuli generate``; see ``docs/stimuli.md``. Every parameter is checked
+    Mirrors ``advbias stimuli generate``; see ``docs/stimuli.md``. ``model_sets`` (``["conv=lite0,lite1",
+    "b=lite2"]`` or ``{"conv": ["lite0", "lite1"]}``) takes the place of ``models``: every photo, target and
+    budget is then made once per set. Every parameter is checked
     here (numbers may be given as strings); bad input raises ``ValueError`` /
     ``FileNotFoundError`` with a one-line message, before anything is written.
     """
     dist = Dist()
     dev = resolve_device(device, dist.local_rank)
     params = make_params(
-        images, pairs, eps, steps=steps, models=models, holdout=holdout, controls=controls, size=size,
+        images, pairs, eps, steps=steps, models=models, model_sets=model_sets, holdout=holdout, controls=controls,
+        size=size,
         seed=seed, limit=limit, batch_size=batch_size, device=dev, loss=loss, momentum=momentum,
         input_diversity=input_diversity, ti_kernel=ti_kernel, step_ratio=step_ratio,
     )
@@ -360,7 +384,8 @@ def _prepare_torch(params: SetParams, device: str) -> None:
     torch.manual_seed(params.seed)
 
 
-def _start_folder(setdir: Path, params: SetParams, plan: tuple, scorer: Scorer | None, started: str) -> None:
+def _start_folder(setdir: Path, params: SetParams, plan: tuple, scorers: dict[str, Scorer] | None,
+                  started: str) -> None:
     """Rank 0: create the folders, clear temporary files of a killed run, write set.json for a new set."""
     sources, skipped, ignored, identity, existing = plan
     images_dir(setdir).mkdir(parents=True, exist_ok=True)
@@ -373,8 +398,10 @@ def _start_folder(setdir: Path, params: SetParams, plan: tuple, scorer: Scorer |
     meta = {
         "parameters": {"images": params.images, **identity},
         "attack": _attack_settings(params),
-        "models": _describe(params.models, scorer.ensemble if scorer else None),
-        "holdout_models": _describe(params.holdout, scorer.holdout if scorer else None),
+        "models": _describe(params.models, scorers[params.sets[0][0]].ensemble
+                            if scorers and not params.several_sets else None),
+        "model_sets": _describe_sets(params, scorers),
+        "holdout_models": _describe(params.holdout, next(iter(scorers.values())).holdout if scorers else None),
         "sources": {
             "count": len(sources),
             "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
@@ -407,13 +434,14 @@ def _progress_bar(units: list, mine: list[int], pending: list[int], dist: Dist) 
     return bar
 
 
-def _work(units: list, pending: list[int], params: SetParams, setdir: Path, scorer: Scorer, device: str,
-          bar: Any) -> None:
+def _work(units: list, pending: list[int], params: SetParams, setdir: Path, scorers: dict[str, Scorer],
+          device: str, bar: Any) -> None:
     """Compute and journal this rank's pending units."""
     done = float(bar.n) if bar is not None else 0.0
     for k in pending:
-        ticker = _StepsToImages(bar, params.targets_per_image * params.steps) if bar is not None else None
-        rows = _compute_unit(units[k], k, params, setdir, scorer, device, ticker)
+        per_photo = params.targets_per_image * params.steps * len(params.sets)
+        ticker = _StepsToImages(bar, per_photo) if bar is not None else None
+        rows = _compute_unit(units[k], k, params, setdir, scorers, device, ticker)
         write_manifest(_unit_path(setdir, k), rows)
         if bar is not None:
             done += len(units[k])
@@ -421,7 +449,8 @@ def _work(units: list, pending: list[int], params: SetParams, setdir: Path, scor
             bar.refresh()
 
 
-def _finish(setdir: Path, units: list, computed: int, started: str, device: str, dist: Dist) -> SetSummary:
+def _finish(setdir: Path, units: list, computed: int, started: str, device: str, dist: Dist,
+            params: SetParams) -> SetSummary:
     """Rank 0: merge the unit journals into the manifest and complete set.json."""
     import torch
 
@@ -430,6 +459,9 @@ def _finish(setdir: Path, units: list, computed: int, started: str, device: str,
         if not _unit_done(setdir, k):
             raise RuntimeError(f"work unit {k} is missing after generation; run the command again to finish it")
         rows.extend(read_records(_unit_path(setdir, k)))
+    for row in rows:  # journals written before model sets: their images are the one set's
+        if not row["model_set"] and row["condition"] != "clean" and not params.several_sets:
+            row["model_set"] = params.sets[0][0]
     write_manifest(setdir, rows)
     meta = read_set_json(setdir)
     meta["finished_at"] = _now()
@@ -458,26 +490,26 @@ def _generate(params: SetParams, setdir: Path, dist: Dist, device: str, progress
     _prepare_torch(params, device)
 
     # Load the models before creating anything, so that a bad model name writes nothing.
-    scorer = None
+    scorers = None
     if pending:
         import attacks
 
-        ensemble = attacks.load_ensemble(list(params.models), device=device)
         held = attacks.load_ensemble(list(params.holdout), device=device) if params.holdout else None
-        scorer = Scorer(ensemble, held, device)
+        scorers = {name: Scorer(attacks.load_ensemble(list(models), device=device), held, device)
+                   for name, models in params.sets}
     if dist.rank == 0:
-        _start_folder(setdir, params, plan, scorer, started)
+        _start_folder(setdir, params, plan, scorers, started)
     dist.barrier()
 
     bar = _progress_bar(units, mine, pending, dist) if progress and dist.rank == 0 else None
     try:
-        _work(units, pending, params, setdir, scorer, device, bar)
+        _work(units, pending, params, setdir, scorers, device, bar)
     finally:
         if bar is not None:
             bar.close()
     computed = dist.sum(len(pending))
     dist.barrier()
-    summary = _finish(setdir, units, computed, started, device, dist) if dist.rank == 0 else None
+    summary = _finish(setdir, units, computed, started, device, dist, params) if dist.rank == 0 else None
     dist.barrier()
     return dist.broadcast(summary)
 
@@ -490,6 +522,12 @@ def _describe(names: Sequence[str], ensemble: Any) -> list[dict[str, Any]]:
     import attacks
 
     return list(attacks.load_ensemble(list(names)).describe())
+
+
+def _describe_sets(params: SetParams, scorers: dict[str, Scorer] | None) -> list[dict[str, Any]]:
+    """Each model set as set.json records it: its name, its models (with weight hashes) and its recipe."""
+    return [{"name": name, "models": _describe(models, scorers[name].ensemble if scorers else None),
+             "recipe": _attack_settings(params)} for name, models in params.sets]
 
 
 def _attack_settings(params: SetParams) -> dict[str, Any]:

@@ -7,13 +7,15 @@ the saved 8-bit files, for both asked categories of every photo, pair and budget
 * ``targets``: perturbed toward A vs perturbed toward B (the study's main trial);
 * ``vs_clean``: perturbed toward A vs the clean crop;
 * ``vs_flip``: perturbed toward A vs the same perturbation turned upside down;
-* ``vs_noise``: perturbed toward A vs random +/-eps noise.
+* ``vs_noise``: perturbed toward A vs random +/-eps noise;
+* ``vs_phase``: perturbed toward A vs its phase-randomised control.
 
 ``bias`` is the share of judgments that pick the image perturbed toward the asked category.
 The attacked models are the ceiling; a held-out model shows what transfers to a network
-that was not optimised against. Which image each trial type shows beside the perturbed one
-is :mod:`advbias.trials`' rule (the experiment's design uses the same); the file format is
-owned by :mod:`advbias.observers`.
+that was not optimised against. With several model sets every observer answers the trials
+of every set, so the file is a transfer matrix (set x observer). Which image each trial type
+shows beside the perturbed one is :mod:`advbias.trials`' rule (the experiment's design uses the
+same); the file format is owned by :mod:`advbias.observers`.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from advbias.observers import read as read_observers, write as write_observers
 from advbias.setdir import image_path, observers_path, read_set_json, require_finished
 from advbias.trials import MAIN_TRIAL_TYPES, ImageIndex, order_index
 from stimuli.files import decode_png
+from stimuli.params import recorded_model_sets
 
 
 def _read_set(setdir: Path) -> tuple[dict[str, Any], list[StimulusRow]]:
@@ -43,12 +46,22 @@ def _model_names(models: Any) -> list[str]:
     return names
 
 
-def role(model: str, meta: dict[str, Any]) -> str:
-    """``attacked`` if the set was made on the model, ``held_out`` if it is the set's holdout, else ``other``."""
+def role(model: str, meta: dict[str, Any], model_set: str | None = None) -> str:
+    """``attacked`` if the model set (by default: any set) was made on the model, ``held_out`` if it is the
+    set's holdout, else ``other`` (also a model of another model set)."""
     params = meta["parameters"]
-    if model in params.get("models", []):
+    sets = recorded_model_sets(params)
+    attacked = sets.get(model_set, []) if model_set in sets else params.get("models", [])
+    if model in attacked:
         return "attacked"
     return "held_out" if model in params.get("holdout", []) else "other"
+
+
+def by_model_set(rows: Sequence[StimulusRow]) -> dict[str, list[StimulusRow]]:
+    """The rows of each model set (in order of appearance), each with the shared clean crops."""
+    clean = [r for r in rows if r.condition == "clean"]
+    names = list(dict.fromkeys(r.model_set for r in rows if r.condition != "clean"))
+    return {name: clean + [r for r in rows if r.condition != "clean" and r.model_set == name] for name in names}
 
 
 def judgments(rows: Sequence[StimulusRow], prob: dict[tuple[str, str], float]) -> dict[tuple[str, int], list[float]]:
@@ -120,12 +133,13 @@ def observe_set(setdir: str | Path, models: Any, *, device: str = "auto", progre
     try:
         for name, model in zip(names, loaded):
             prob = _probabilities(model, setdir, rows, dev, bar)
-            for (trial, eps), picks in sorted(judgments(rows, prob).items(),
-                                              key=lambda kv: (order_index(kv[0][0]), kv[0][1])):
-                lo, hi = wilson_interval(sum(picks), len(picks))
-                out_rows.append({"model": name, "role": role(name, meta), "condition": trial, "eps": eps,
-                                 "n_judgments": len(picks), "bias": sum(picks) / len(picks),
-                                 "ci_low": lo, "ci_high": hi})
+            for model_set, set_rows in by_model_set(rows).items():
+                for (trial, eps), picks in sorted(judgments(set_rows, prob).items(),
+                                                  key=lambda kv: (order_index(kv[0][0]), kv[0][1])):
+                    lo, hi = wilson_interval(sum(picks), len(picks))
+                    out_rows.append({"model_set": model_set, "model": name, "role": role(name, meta, model_set),
+                                     "condition": trial, "eps": eps, "n_judgments": len(picks),
+                                     "bias": sum(picks) / len(picks), "ci_low": lo, "ci_high": hi})
     finally:
         if bar is not None:
             bar.close()
@@ -154,17 +168,19 @@ def observers_figure(setdir: Path) -> str | None:
     rows = read_observers(path)
     trials = [t for t in MAIN_TRIAL_TYPES if any(r["condition"] == t for r in rows)]
     fig, axes = plt.subplots(1, len(trials), figsize=(3.6 * len(trials), 3.2), sharey=True, squeeze=False)
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys((r["model_set"], r["model"]) for r in rows))
+    several = len({ms for ms, _ in models}) > 1
     budgets = sorted({int(r["eps"]) for r in rows})
     for ax, trial in zip(axes[0], trials):
-        for k, model in enumerate(models):
+        for k, (model_set, model) in enumerate(models):
             pts = sorted((int(r["eps"]), float(r["bias"]), float(r["ci_low"]), float(r["ci_high"]), r["role"])
-                         for r in rows if r["model"] == model and r["condition"] == trial)
+                         for r in rows if (r["model_set"], r["model"]) == (model_set, model) and r["condition"] == trial)
             if not pts:
                 continue
             e, b, lo, hi = (np.array([p[i] for p in pts]) for i in range(4))
             shift = 2 ** (0.06 * (k - (len(models) - 1) / 2))  # side by side, so that equal curves stay visible
-            ax.errorbar(e * shift, b, yerr=[b - lo, hi - b], marker="o", capsize=3, label=f"{model} ({pts[0][4]})")
+            label = f"{model} on {model_set} ({pts[0][4]})" if several else f"{model} ({pts[0][4]})"
+            ax.errorbar(e * shift, b, yerr=[b - lo, hi - b], marker="o", capsize=3, label=label)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xticks(budgets, [str(e) for e in budgets])
@@ -177,5 +193,64 @@ def observers_figure(setdir: Path) -> str | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def transfer_matrix(rows: Sequence[dict[str, Any]], trial: str = "targets") -> dict[int, tuple[list, list, np.ndarray]]:
+    """Per budget: (model sets, observer models, bias matrix set x observer) for one trial type (NaN: not observed)."""
+    chosen = [r for r in rows if r["condition"] == trial]
+    sets = list(dict.fromkeys(r["model_set"] for r in chosen))
+    models = list(dict.fromkeys(r["model"] for r in chosen))
+    out: dict[int, tuple[list, list, np.ndarray]] = {}
+    for eps in sorted({int(r["eps"]) for r in chosen}):
+        matrix = np.full((len(sets), len(models)), np.nan)
+        for r in chosen:
+            if int(r["eps"]) == eps:
+                matrix[sets.index(r["model_set"]), models.index(r["model"])] = float(r["bias"])
+        out[eps] = (sets, models, matrix)
+    return out
+
+
+def transfer_figure(setdir: Path) -> str | None:
+    """A PNG (base64) heatmap per budget of the ``targets`` bias: model set (rows) x observer (columns).
+
+    The diagonal-like cells where an observer is one of the set's attacked models are the ceiling,
+    the others show how far each set's images transfer; None without observers.csv.
+    """
+    path = observers_path(setdir)
+    if not path.is_file():
+        return None
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_observers(path)
+    panels = transfer_matrix(rows)
+    if not panels:
+        return None
+    roles = {(r["model_set"], r["model"]): r["role"] for r in rows}
+    sets, models, _ = next(iter(panels.values()))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + (0.9 * len(models) + 0.6) * len(panels),
+                                                      1.0 + 0.55 * len(sets)), squeeze=False)
+    for ax, (eps, (sets, models, matrix)) in zip(axes[0], panels.items()):
+        image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+        for i, model_set in enumerate(sets):
+            for j, model in enumerate(models):
+                if np.isfinite(matrix[i, j]):
+                    mark = "*" if roles.get((model_set, model)) == "attacked" else ""
+                    ax.text(j, i, f"{matrix[i, j]:.2f}{mark}", ha="center", va="center", fontsize=8,
+                            color="black" if matrix[i, j] > 0.6 else "white")
+        ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(sets)), [s or "(the set)" for s in sets], fontsize=8)
+        ax.set_title(f"eps {eps}", fontsize=9)
+    axes[0][0].set_ylabel("images made on")
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="targets bias")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from advbias.manifest import MODEL_SET_NAME, model_set_name
 from stimuli.sources import Source
 
-CONTROLS: tuple[str, ...] = ("flip", "noise")
+CONTROLS: tuple[str, ...] = ("flip", "noise", "phase")
 
 #: ``--batch-size auto``: attack items (photo x pair x target x budget) per engine batch and
 #: work unit. Fixed per device type rather than timed, because a timed choice would make
@@ -51,6 +52,24 @@ class SetParams:
     #: step size as a fraction of each budget (0.125: eps / 8 per step), but never less than 2.5 / steps, so
     #: that short runs still cross the eps-ball; None: 2.5 * eps / steps (Madry et al. 2018)
     step_ratio: float | None = DEFAULT_RECIPE["step_ratio"]
+    #: the model sets, ``(name, models)`` in the order given; ``models`` is then every attacked model, each once.
+    #: Empty means one set of ``models`` named after them (``--models`` alone).
+    model_sets: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def sets(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """Every model set as ``(name, models)``: the given ones, or the one set that ``--models`` names."""
+        return self.model_sets or ((model_set_name(self.models), self.models),)
+
+    @property
+    def several_sets(self) -> bool:
+        """Whether the set holds more than one model set (then keys and seeds carry the set's name)."""
+        return len(self.sets) > 1
+
+    def set_tag(self, name: str) -> tuple[str, ...]:
+        """What a model set adds to a seed: nothing with one set (so its pixels are those of a set without
+        model sets), its name with several (so that no two sets share an image)."""
+        return (name,) if self.several_sets else ()
 
     @property
     def unit_images(self) -> int:
@@ -81,6 +100,9 @@ class SetParams:
         d["models"] = list(self.models)
         d["holdout"] = list(self.holdout)
         d["controls"] = list(self.controls)
+        d.pop("model_sets")
+        if self.model_sets and self.model_sets != ((model_set_name(self.models), self.models),):
+            d["model_sets"] = {name: list(models) for name, models in self.model_sets}
         return d
 
 
@@ -199,6 +221,49 @@ def _models(models: Any, holdout: Any) -> tuple[tuple[str, ...], tuple[str, ...]
     return tuple(models_l), tuple(holdout_l)
 
 
+def parse_model_sets(model_sets: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``["conv=lite0,lite1", "b=lite2"]``, ``{"conv": ["lite0"]}`` or ``[("conv", ["lite0"])]`` -> checked sets."""
+    if isinstance(model_sets, str):
+        model_sets = [model_sets]
+    items: list[tuple[str, Any]] = []
+    for entry in (model_sets.items() if isinstance(model_sets, dict) else list(model_sets or [])):
+        if isinstance(entry, str):
+            name, sep, models = entry.partition("=")
+            if not sep:
+                raise ValueError(f"--model-set: {entry!r} is not of the form NAME=M1[,M2...] (e.g. conv=lite0,lite1)")
+            items.append((name.strip(), models))
+        else:
+            name, models = entry
+            items.append((str(name).strip(), models))
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for name, models in items:
+        if not MODEL_SET_NAME.match(name):
+            raise ValueError(f"--model-set: {name!r} is not a model-set name (1-64 letters, digits, '.', '_', '+', '-')")
+        models_l = _as_list(models, f"--model-set {name}")
+        if not models_l:
+            raise ValueError(f"--model-set {name}: give at least one model to attack")
+        if len(set(models_l)) != len(models_l):
+            raise ValueError(f"--model-set {name}: a model is listed twice in {','.join(models_l)}")
+        for other, other_models in out:
+            if other == name:
+                raise ValueError(f"--model-set: the name {name} is given twice")
+            if set(other_models) == set(models_l):
+                raise ValueError(f"--model-set: {other} and {name} attack the same models; each set needs its own")
+        out.append((name, tuple(models_l)))
+    return tuple(out)
+
+
+def _sets_and_models(models: Any, model_sets: Any, holdout: Any) -> tuple[tuple, tuple[str, ...], tuple[str, ...]]:
+    """(model sets, every attacked model once, held-out models); ``--model-set`` takes the place of ``--models``."""
+    sets = parse_model_sets(model_sets)
+    if not sets:
+        models_t, holdout_t = _models(models, holdout)
+        return (), models_t, holdout_t
+    union = tuple(dict.fromkeys(m for _, ms in sets for m in ms))
+    _, holdout_t = _models(list(union), holdout)
+    return sets, union, holdout_t
+
+
 def _controls(controls: Any) -> tuple[str, ...]:
     controls_l = [c.lower() for c in _as_list(controls, "--controls")]
     unknown = [c for c in controls_l if c not in CONTROLS]
@@ -251,6 +316,7 @@ def make_params(
     models: Any,
     holdout: Any,
     controls: Any,
+    model_sets: Any = None,
     size: Any,
     seed: Any,
     limit: Any,
@@ -265,7 +331,7 @@ def make_params(
     """Validate every user-facing parameter, before anything is read or written (one-line errors)."""
     pairs_t = parse_pairs(pairs)
     eps_t = parse_eps(eps)
-    models_t, holdout_t = _models(models, holdout)
+    sets_t, models_t, holdout_t = _sets_and_models(models, model_sets, holdout)
     images_s = str(images)
     if images_s != "builtin":
         images_s = str(Path(images_s).expanduser().resolve())
@@ -274,8 +340,20 @@ def make_params(
         holdout=holdout_t, controls=_controls(controls), size=_whole(size, "--size", 16, 4096),
         seed=_whole(seed, "--seed", 0), limit=None if limit is None else _whole(limit, "--limit", 1),
         batch_size=_batch_size(batch_size, device), **_recipe(loss, momentum, input_diversity, ti_kernel),
-        step_ratio=_step_ratio(step_ratio),
+        step_ratio=_step_ratio(step_ratio), model_sets=sets_t,
     )
+
+
+def recorded_model_sets(parameters: dict[str, Any]) -> dict[str, list[str]]:
+    """The model sets of a set from its set.json ``parameters``: name -> models, in order.
+
+    A set made with ``--models`` alone records no ``model_sets``: its one set is named after its models.
+    """
+    recorded = parameters.get("model_sets")
+    if recorded:
+        return {str(k): list(v) for k, v in recorded.items()}
+    models = list(parameters.get("models") or [])
+    return {model_set_name(models): models}
 
 
 def sources_digest(sources: Sequence[Source]) -> str:

@@ -62,13 +62,18 @@ def _amplified_jpeg(adv: np.ndarray, clean: np.ndarray, eps: int) -> str:
 def _rates_table(rows: list[dict[str, str]], has_holdout: bool, controls: Iterable[str]) -> str:
     groups: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
     flips: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
-    pairs = sorted({r["pair"] for r in rows if r["pair"]})
+    several = len({r["model_set"] for r in rows if r["model_set"]}) > 1
+
+    def label(r: dict[str, str]) -> str:  # with several model sets, one line per pair and set
+        return f"{r['pair']} on {r['model_set']}" if several else r["pair"]
+
+    pairs = sorted({label(r) for r in rows if r["pair"]})
     for r in rows:
         if r["condition"] == "adversarial":
-            for key in {("all pairs", int(r["eps"])), (r["pair"], int(r["eps"]))}:
+            for key in {("all pairs", int(r["eps"])), (label(r), int(r["eps"]))}:
                 groups[key].append(r)
         elif r["condition"] == "flip":
-            for key in {("all pairs", int(r["eps"])), (r["pair"], int(r["eps"]))}:
+            for key in {("all pairs", int(r["eps"])), (label(r), int(r["eps"]))}:
                 flips[key].append(r)
     show_flip = "flip" in controls
     head = ["pair", "eps (levels)", "images", "ensemble success", "mean P(target), ensemble"]
@@ -103,7 +108,8 @@ def _rates_table(rows: list[dict[str, str]], has_holdout: bool, controls: Iterab
 def _caption_adv(r: dict[str, str], has_holdout: bool) -> str:
     ok = r["ensemble_success"] == "1"
     parts = [
-        f"<b>toward {html.escape(r['target'])}</b> (eps {r['eps']}, linf {r['linf']})",
+        f"<b>toward {html.escape(r['target'])}</b> (eps {r['eps']}, linf {r['linf']}"
+        + (f", model set {html.escape(r['model_set'])})" if r.get("model_set") else ")"),
         f"ensemble P({html.escape(r['target'])}) = {float(r['ensemble_target_prob']):.3f} "
         f"<span class={'ok' if ok else 'no'}>{'&#10003;' if ok else '&#10007;'}</span>",
     ]
@@ -191,6 +197,8 @@ def _facts(meta: dict[str, Any]) -> list[tuple[str, str]]:
         ("attack", esc(recipe)),
         ("attacked models (ensemble)", _models_html(meta.get("models", []))),
         ("held-out models", _models_html(meta.get("holdout_models", []))),
+        ("model sets", "; ".join(f"{esc(str(m.get('name')))}: {esc('+'.join(str(x.get('name')) for x in m['models']))}"
+                                 for m in meta.get("model_sets", [])) or "one (the attacked models)"),
         ("controls", esc(", ".join(p["controls"]) or "none")),
         ("crop", f"{p['size']} &times; {p['size']} px"),
         ("seed, batch size", f"{p['seed']}, {p['batch_size']}"),
@@ -217,7 +225,7 @@ def _transfer_warning(rows: list[dict[str, str]], has_holdout: bool) -> str:
 
 def _observers_html(setdir: Path) -> str:
     """Machine observers (SETDIR/observers.csv, from ``advbias stimuli observe``): the plot, when present."""
-    from stimuli.observe import observers_figure
+    from stimuli.observe import observers_figure, transfer_figure
 
     png = observers_figure(setdir)
     if png is None:
@@ -226,7 +234,10 @@ def _observers_html(setdir: Path) -> str:
     return ("<h2>Machine observers</h2><p class=muted>Each model answers every trial as a participant would "
             "(it picks the image it finds more like the asked category); bias is the share of picks of the image "
             "perturbed toward it, with 95% Wilson intervals. 0.5: no effect.</p>"
-            f"<img alt='machine observer bias per budget' src='data:image/png;base64,{png}'>")
+            f"<img alt='machine observer bias per budget' src='data:image/png;base64,{png}'>"
+            "<h3>Transfer matrix</h3><p class=muted>The <code>targets</code> bias of every observer (columns) on the "
+            "images of every model set (rows), per budget; * marks an observer the set attacked (the ceiling).</p>"
+            f"<img alt='transfer matrix: model set x observer' src='data:image/png;base64,{transfer_figure(setdir)}'>")
 
 
 def write_report(setdir: Path, gallery: int | str = 12) -> Path:

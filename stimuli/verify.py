@@ -8,23 +8,25 @@ Re-reads every file, trusting nothing that was computed when the set was built:
 * the L-infinity distance to the clean crop of the same photo, recomputed from the pixels,
   equals the manifest's ``linf`` and is within ``eps``;
 * the manifest is consistent: columns, conditions, targets within their pair, budgets and
-  steps from ``set.json``, one clean row per photo, both halves of every trial pair,
-  ``pair_key`` values, no duplicate or missing rows, no stray files, counts as in ``set.json``.
+  steps from ``set.json``, one clean row per photo, both halves of every trial pair and every
+  control on every model set, ``model_set`` and ``pair_key`` values, no duplicate or missing rows,
+  no stray files, counts as in ``set.json``.
 
 Uses numpy and Pillow only, so it runs anywhere, without the models.
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from advbias.manifest import IMAGE_CONDITIONS, pair_key, read_records
+from advbias.manifest import IMAGE_CONDITIONS, TARGETED_CONDITIONS, pair_key, read_records
 from advbias.setdir import IMAGES_DIR, SET_JSON_NAME, images_dir, read_set_json, require_finished
 from stimuli.files import ALLOWED_PNG_CHUNKS, decode_png, png_chunks, sha256_bytes
+from stimuli.params import recorded_model_sets
 
 
 @dataclass
@@ -53,6 +55,8 @@ def verify_set(setdir: Path) -> VerifyResult:
     # The owner's rules for every row (identifiers, file names, conditions, pairs, budgets,
     # duplicates), each broken rule listed as a problem; the checks below add the rest.
     rows = read_records(setdir, on_problem=result.problems.append)
+    if all(not r["model_set"] for r in rows) and len(design.model_sets) == 1:
+        design = replace(design, model_sets=("",))  # a manifest from before model sets
     by_source = _check_rows(rows, design, result.problems.append)
     _check_structure(by_source, design, result.problems.append)
     _check_files(setdir, by_source, design.size, result)
@@ -70,12 +74,17 @@ class _Design:
     steps: int
     controls: set[str]
     has_holdout: bool
+    model_sets: tuple[str, ...]
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> "_Design":
         return cls(int(params["size"]), [tuple(p.split(":")) for p in params["pairs"]],
                    {int(e) for e in params["eps"]}, int(params["steps"]), set(params["controls"]),
-                   bool(params["holdout"]))
+                   bool(params["holdout"]), tuple(recorded_model_sets(params)))
+
+    def key_set(self, model_set: str) -> str:
+        """What a row's model set adds to its pair_key: its name when the set holds several model sets."""
+        return model_set if len(self.model_sets) > 1 else ""
 
 
 def _check_rows(rows: list[dict[str, str]], design: _Design, bad: Any) -> dict[str, list[tuple[int, dict[str, str]]]]:
@@ -102,9 +111,11 @@ def _check_design_fields(row: dict[str, str], where: str, eps: int, row_steps: i
     """Condition, pair, target, budget, steps and pair_key of one row against the design."""
     cond, pair, target, key = row["condition"], row["pair"], row["target"], row["pair_key"]
     if cond == "clean":
-        if eps != 0 or pair or target or key or row_steps != 0:
-            bad(f"{where}: a clean row must have eps 0, steps 0 and no pair, target or pair_key")
+        if eps != 0 or pair or target or key or row_steps != 0 or row["model_set"]:
+            bad(f"{where}: a clean row must have eps 0, steps 0 and no pair, target, pair_key or model_set")
         return
+    if row["model_set"] not in design.model_sets:
+        bad(f"{where}: model_set {row['model_set']!r} is not one of the set's ({', '.join(design.model_sets)})")
     if cond not in ("adversarial",) and cond not in design.controls:
         bad(f"{where}: condition {cond} was not requested (controls: {','.join(sorted(design.controls)) or 'none'})")
     if tuple(pair.split(":")) not in design.pairs:
@@ -112,13 +123,13 @@ def _check_design_fields(row: dict[str, str], where: str, eps: int, row_steps: i
     if eps not in design.eps:
         bad(f"{where}: eps {eps} is not one of the set's budgets")
     a, _, b = pair.partition(":")
-    expected_key = pair_key(row["source_sha256"], a, b, eps)
+    expected_key = pair_key(row["source_sha256"], a, b, eps, design.key_set(row["model_set"]))
     if key != expected_key:
         bad(f"{where}: pair_key {key!r} should be {expected_key!r}")
     if cond == "noise":
         if target:
             bad(f"{where}: a noise row has no target")
-    elif target not in (a, b):
+    elif cond in TARGETED_CONDITIONS and target not in (a, b):
         bad(f"{where}: target {target!r} is not part of its pair {pair!r}")
     want_steps = design.steps if cond == "adversarial" else 0
     if row_steps != want_steps:
@@ -131,19 +142,21 @@ def _check_structure(by_source: dict, design: _Design, bad: Any) -> None:
         cleans = [r for _, r in items if r["condition"] == "clean"]
         if len(cleans) != 1:
             bad(f"source {items[0][1]['source']}: {len(cleans)} clean rows (expected 1)")
-        seen = Counter((r["condition"], r["pair"], int(r["eps"] or 0), r["target"]) for _, r in items)
-        for a, b in design.pairs:
-            for e in sorted(design.eps):
-                wanted = [("adversarial", a), ("adversarial", b)]
-                if "flip" in design.controls:
-                    wanted += [("flip", a), ("flip", b)]
-                if "noise" in design.controls:
-                    wanted += [("noise", "")]
-                for cond, t in wanted:
-                    n = seen.get((cond, f"{a}:{b}", e, t), 0)
-                    if n != 1:
-                        what = f"{cond} toward {t}" if t else cond
-                        bad(f"source {items[0][1]['source']}: {n} {what} rows for {a}:{b} at eps {e} (expected 1)")
+        seen = Counter((r["model_set"], r["condition"], r["pair"], int(r["eps"] or 0), r["target"]) for _, r in items)
+        wanted = [("adversarial", 0), ("adversarial", 1)]
+        wanted += [(c, t) for c in ("flip", "phase") if c in design.controls for t in (0, 1)]
+        wanted += [("noise", None)] if "noise" in design.controls else []
+        for ms in design.model_sets:
+            on = f" on model set {ms}" if ms else ""
+            for a, b in design.pairs:
+                for e in sorted(design.eps):
+                    for cond, t in wanted:
+                        toward = "" if t is None else (a, b)[t]
+                        n = seen.get((ms, cond, f"{a}:{b}", e, toward), 0)
+                        if n != 1:
+                            what = f"{cond} toward {toward}" if toward else cond
+                            bad(f"source {items[0][1]['source']}: {n} {what} rows for {a}:{b} at eps {e}{on} "
+                                "(expected 1)")
 
 
 def _check_files(setdir: Path, by_source: dict, size: int, result: VerifyResult) -> None:

@@ -245,7 +245,10 @@ def test_set_json_describes_the_set(built_set):
     assert re.fullmatch(r"[0-9a-f]{64}", meta["models"][0]["weights_sha256"])
     assert [m["name"] for m in meta["holdout_models"]] == ["lite1"]
     assert meta["counts"] == {"stimuli": 22, "sources": 2, "clean": 2, "adversarial": 8, "flip": 8, "noise": 4,
-                              "pair_keys": 4}
+                              "phase": 0, "pair_keys": 4, "model_sets": 1}
+    # --models alone: one model set named after its models, and the parameters of a set without model sets
+    assert "model_sets" not in p and [s["name"] for s in meta["model_sets"]] == ["lite0"]
+    assert {r["model_set"] for r in read_manifest(built_set)} == {"", "lite0"}
     assert {"torch", "numpy", "pillow", "python"} <= set(meta["versions"])
     assert meta["started_at"] and meta["finished_at"] and meta["run"]["units_computed"] == 2
     # No timestamps in the manifest: only set.json may differ between identical builds.
