@@ -4,15 +4,15 @@
 set, and for sets made before model sets); ``trials.model_set`` is the design factor a
 trial belongs to, carried into the export. Existing rows get the empty name: one set.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 
