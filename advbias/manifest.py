@@ -55,8 +55,8 @@ REQUIRED: tuple[str, ...] = (
 #: The values of the ``condition`` column (what an image is), in the order rows are sorted.
 IMAGE_CONDITIONS: tuple[str, ...] = ("clean", "adversarial", "flip", "noise")
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SOURCE_HASH = re.compile(r"^[0-9a-f]{16,64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_SOURCE_HASH = re.compile(r"[0-9a-f]{16,64}", re.ASCII)
 
 
 def pair_key(source_sha256: str, a: str, b: str, eps: int) -> str:
@@ -83,7 +83,7 @@ class StimulusRow:
 def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     """Validate one CSV record; ``ValueError`` names the row and the field."""
     sid = (rec["stimulus_id"] or "").strip()
-    if not _HEX64.match(sid):
+    if not _HEX64.fullmatch(sid):
         raise ValueError(f"{where}: stimulus_id {sid!r} is not a 64-digit lowercase hex sha256")
     if rec["file"] != image_file(sid):
         raise ValueError(f"{where}: file {rec['file']!r} should be {image_file(sid)}")
@@ -109,7 +109,7 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     except ValueError:
         raise ValueError(f"{where}: ensemble_category_prob {prob_text!r} is not a number") from None
     sha = rec["source_sha256"] or ""
-    if not _SOURCE_HASH.match(sha):
+    if not _SOURCE_HASH.fullmatch(sha):
         raise ValueError(f"{where}: source_sha256 {sha!r} is not a hex digest")
     return StimulusRow(
         stimulus_id=sid, source=rec["source"] or "", source_sha256=sha, condition=cond, pair=pair,

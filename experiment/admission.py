@@ -86,7 +86,7 @@ class StartGate:
 
 
 #: Only the call that creates a participant is gated.
-START_PATH = re.compile(r"^/api/v1/experiments/[^/]+/participants/?$")
+START_PATH = re.compile(r"/api/v1/experiments/[^/]+/participants/?")
 BUSY_MESSAGE = "many participants are starting right now; please retry shortly"
 BUSY_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
                 ("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", "default-src 'none'")]
@@ -108,7 +108,7 @@ class AdmissionMiddleware:
         return self.state.start_gate
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") != "POST" or not START_PATH.match(environ.get("PATH_INFO", "")):
+        if environ.get("REQUEST_METHOD") != "POST" or not START_PATH.fullmatch(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         wait_ms = self.gate.try_enter()
         if wait_ms is not None:

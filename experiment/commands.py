@@ -167,6 +167,9 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     )
     if s["excluded_sources"]:
         print(f"  note: {s['excluded_sources']} source image(s) lack some version the design needs and are not used")
+    if s.get("lists_reusing_images"):
+        print(f"  note: in {s['lists_reusing_images']} list(s) a catch or practice trial shows an image that a main "
+              "trial shows too (the set has too few to spare); such an image marks a clean photo")
     print(f"  completion code: {exp.settings['completion_code']}")
     who = "PROLIFIC_PID required" if exp.settings.get("require_prolific_pid") else "anonymous starts allowed"
     print(f"  participants: {who}; an unfinished participant frees their list slot after "
