@@ -248,6 +248,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: gthread that reads whole requests before giving them a thread, with JSON refusals (docs/reliability.md).
+WORKER_CLASS = "experiment.gunicorn_worker.JsonErrorThreadWorker"
+
+
 def _gunicorn(args: argparse.Namespace) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -255,7 +259,7 @@ def _gunicorn(args: argparse.Namespace) -> None:
     options = {
         "bind": f"{host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "experiment.gunicorn_worker.JsonErrorThreadWorker",  # gthread, refusals in JSON
+        "worker_class": WORKER_CLASS,
         "threads": args.threads,
         "timeout": 60,
         "graceful_timeout": 20,
