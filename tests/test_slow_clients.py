@@ -58,7 +58,7 @@ def target(request: pytest.FixtureRequest, served: dict[str, Any], tmp_path: Pat
 
 def test_slow_clients_do_not_hold_the_study(target: Target, served: dict[str, Any]) -> None:
     tally = probe(target, served["slug"], hold_s=HOLD_S)
-    assert tally.made["slow connections opened"] == 10, tally.summary()
+    assert tally.made["slow connections opened"] >= 10, tally.summary()
     assert tally.made.get("answer", 0) >= 10 and tally.made.get("start", 0) >= 5, tally.summary()
     assert tally.share("answer") >= 0.95, tally.summary()
     assert tally.share("health") >= 0.95, tally.summary()
