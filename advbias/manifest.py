@@ -62,8 +62,8 @@ TARGETED_CONDITIONS: tuple[str, ...] = ("adversarial", "flip", "phase")
 #: Letters, digits, ``.``, ``_``, ``+`` and ``-`` (no ``:``, so that it can end a ``pair_key``).
 MODEL_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SOURCE_HASH = re.compile(r"^[0-9a-f]{16,64}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_SOURCE_HASH = re.compile(r"[0-9a-f]{16,64}", re.ASCII)
 
 
 def pair_key(source_sha256: str, a: str, b: str, eps: int, model_set: str = "") -> str:
@@ -104,7 +104,7 @@ class StimulusRow:
 def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     """Validate one CSV record; ``ValueError`` names the row and the field."""
     sid = (rec["stimulus_id"] or "").strip()
-    if not _HEX64.match(sid):
+    if not _HEX64.fullmatch(sid):
         raise ValueError(f"{where}: stimulus_id {sid!r} is not a 64-digit lowercase hex sha256")
     if rec["file"] != image_file(sid):
         raise ValueError(f"{where}: file {rec['file']!r} should be {image_file(sid)}")
@@ -130,7 +130,7 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     except ValueError:
         raise ValueError(f"{where}: ensemble_category_prob {prob_text!r} is not a number") from None
     sha = rec["source_sha256"] or ""
-    if not _SOURCE_HASH.match(sha):
+    if not _SOURCE_HASH.fullmatch(sha):
         raise ValueError(f"{where}: source_sha256 {sha!r} is not a hex digest")
     model_set = (rec.get("model_set") or "").strip()  # absent in manifests from before model sets
     if model_set and not MODEL_SET_NAME.match(model_set):

@@ -199,10 +199,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
     app.register_blueprint(admin.bp)
     _install_headers(app)
     _install_errors(app)
-    from experiment.admission import AdmissionMiddleware
+    from experiment.admission import AdmissionMiddleware, BodyMiddleware
 
     # Starts pass a gate in front of Flask (experiment/admission.py): bursts of newcomers never starve answers.
     app.wsgi_app = AdmissionMiddleware(app.wsgi_app, app.extensions["advbias"])  # type: ignore[method-assign]
+    # Outside the gate: every body is read whole (or refused, 413) before a start slot is taken.
+    app.wsgi_app = BodyMiddleware(app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]
     if settings["TRUSTED_PROXIES"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

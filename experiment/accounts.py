@@ -52,7 +52,7 @@ def set_password(db: Database, password: str, username: str = USERNAME) -> None:
     """Create or update an admin account; only the hash is stored, and every existing session ends."""
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if not SLUG_RE.match(username):
+    if not SLUG_RE.fullmatch(username):
         raise ValueError("the user name must be lowercase letters, digits or '-'")
     hashed = generate_password_hash(password)
     with db.write() as s:
@@ -85,7 +85,7 @@ def authenticate(db: Database, secret: str, username: str, password: str, addres
     if wait > 0:
         return LoginResult(retry_after=wait)
     admin = None
-    if SLUG_RE.match(username):
+    if SLUG_RE.fullmatch(username):
         with db.session() as s:
             admin = s.scalar(select(Admin).where(Admin.username == username))
     # Hash even for unknown users so the answer time does not reveal which names exist.

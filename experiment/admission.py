@@ -19,6 +19,7 @@ find one.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -86,7 +87,7 @@ class StartGate:
 
 
 #: Only the call that creates a participant is gated.
-START_PATH = re.compile(r"^/api/v1/experiments/[^/]+/participants/?$")
+START_PATH = re.compile(r"/api/v1/experiments/[^/]+/participants/?")
 BUSY_MESSAGE = "many participants are starting right now; please retry shortly"
 BUSY_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
                 ("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", "default-src 'none'")]
@@ -108,7 +109,7 @@ class AdmissionMiddleware:
         return self.state.start_gate
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") != "POST" or not START_PATH.match(environ.get("PATH_INFO", "")):
+        if environ.get("REQUEST_METHOD") != "POST" or not START_PATH.fullmatch(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         wait_ms = self.gate.try_enter()
         if wait_ms is not None:
@@ -127,6 +128,62 @@ class AdmissionMiddleware:
                     close()
         finally:
             self.gate.leave(began)
+
+
+class BodyMiddleware:
+    """Reads every request body whole, within its limit, before the start gate or the app runs.
+
+    A slow client sending a start's body a byte at a time must never hold the start slot
+    (measured: two such bodies kept 4 of 16 newcomers from starting), so the body is in
+    memory before :class:`AdmissionMiddleware` takes a slot. A body over ``limit`` bytes,
+    declared (``Content-Length``) or chunked, is answered 413 and nothing reaches the app:
+    a chunked one is no longer cut at the limit and parsed.
+    """
+
+    def __init__(self, app: Callable[..., Any], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _refuse(self, environ: dict[str, Any], start_response: Callable[..., Any], status: str,
+                message: str) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith("/api/"):
+            body, kind = json.dumps({"error": message}).encode(), "application/json"
+        else:
+            body, kind = f"<!doctype html><title>{status}</title><p>{message}</p>".encode(), "text/html; charset=utf-8"
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body))), ("Connection", "close"),
+                                ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")])
+        return [body]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        declared = (environ.get("CONTENT_LENGTH") or "").strip()
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if not declared and not chunked:
+            return self.app(environ, start_response)
+        too_large = f"request body too large (limit {self.limit} bytes)"
+        stream = environ["wsgi.input"]
+        if declared:
+            if not re.fullmatch(r"[0-9]{1,18}", declared, re.ASCII):
+                return self._refuse(environ, start_response, "400 Bad Request", "malformed Content-Length")
+            wanted = int(declared)
+            if wanted > self.limit:
+                return self._refuse(environ, start_response, "413 Request Entity Too Large", too_large)
+        else:
+            wanted = self.limit + 1  # a chunked body ends where the server says; one byte more is too many
+        parts, got = [], 0
+        while got < wanted:
+            part = stream.read(min(65536, wanted - got))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        if got > self.limit:
+            return self._refuse(environ, start_response, "413 Request Entity Too Large", too_large)
+        body = b"".join(parts)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ["wsgi.input_terminated"] = True
+        return self.app(environ, start_response)
 
 
 def gate_from_env() -> StartGate:

@@ -8,6 +8,7 @@ fields are refused, so a typo never silently drops data).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -94,14 +95,17 @@ def browser_check(token: str):  # type: ignore[no-untyped-def]
     return jsonify(participants.record_browser_check(_db(), token, _body()))
 
 
+_DIGITS = re.compile(r"[0-9]{1,9}", re.ASCII)
+
+
 def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     value = request.args.get(name)
     if value is None or value == "":
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise errors.StudyError(f"query parameter {name} must be an integer") from None
+    # int() would also take " 1\n" and Unicode digits ("\uff11"): only ASCII digits, whole.
+    if not _DIGITS.fullmatch(value):
+        raise errors.StudyError(f"query parameter {name} must be an integer")
+    number = int(value)
     if not low <= number <= high:
         raise errors.StudyError(f"query parameter {name} must be between {low} and {high}")
     return number

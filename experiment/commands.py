@@ -170,6 +170,9 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     )
     if s["excluded_sources"]:
         print(f"  note: {s['excluded_sources']} source image(s) lack some version the design needs and are not used")
+    if s.get("lists_reusing_images"):
+        print(f"  note: in {s['lists_reusing_images']} list(s) a catch or practice trial shows an image that a main "
+              "trial shows too (the set has too few to spare); such an image marks a clean photo")
     print(f"  completion code: {exp.settings['completion_code']}")
     who = "PROLIFIC_PID required" if exp.settings.get("require_prolific_pid") else "anonymous starts allowed"
     print(f"  participants: {who}; an unfinished participant frees their list slot after "
@@ -248,6 +251,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: gthread that reads whole requests before giving them a thread, with JSON refusals (docs/reliability.md).
+WORKER_CLASS = "experiment.gunicorn_worker.JsonErrorThreadWorker"
+
+
 def _gunicorn(args: argparse.Namespace) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -255,7 +262,7 @@ def _gunicorn(args: argparse.Namespace) -> None:
     options = {
         "bind": f"{host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "experiment.gunicorn_worker.JsonErrorThreadWorker",  # gthread, refusals in JSON
+        "worker_class": WORKER_CLASS,
         "threads": args.threads,
         "timeout": 60,
         "graceful_timeout": 20,

@@ -153,7 +153,7 @@ def _completion(values: Mapping[str, Any]) -> tuple[str, str, bool]:
     """(completion code, redirect URL, whether a PROLIFIC_PID is required), checked."""
     code = values["completion_code"] or "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(8))
     for key, value in (("completion_code", code), ("screenout_code", values["screenout_code"])):
-        if value is not None and not CODE_RE.match(value):
+        if value is not None and not CODE_RE.fullmatch(value):
             raise ValueError(f"{key} must be 1-64 letters, digits, '-' or '_'")
     redirect = values["redirect_url"]
     if not re.match(r"^https?://", redirect):

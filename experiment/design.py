@@ -33,7 +33,10 @@ directly and reproduced from the stored list and seed:
 * **Catch trials** pair two clean images of different categories that the model
   ensemble is confident about and ask about one of them; **practice trials** use
   the first model set and trial type at the largest budget. Both prefer sources the participant
-  does not see in a main trial; when the set has none to spare they reuse some.
+  does not see in a main trial, then images no main trial of the list shows (an
+  image seen in a catch trial and again in a main trial would mark the clean photo);
+  when the set has none to spare they reuse some, and :meth:`Design.lists_reusing_images`
+  (in :meth:`Design.summary`) says so.
 * The order (practice first, then main and catch trials shuffled together) and
   every other random choice come from ``random.Random(seed)``, the seed being
   stored with the participant, so a sequence can always be rebuilt from
@@ -46,7 +49,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from string import Formatter
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from advbias.manifest import StimulusRow
 from advbias.trials import MAIN_TRIAL_TYPES, OTHER_IMAGE, ImageIndex
@@ -299,6 +302,7 @@ class Design:
             "catch_trials": self.config.catch_trials,
             "trials_per_participant": self.n_trials,
             "catch_categories": sorted(self.catch_pool),
+            "lists_reusing_images": self.lists_reusing_images(),
         }
 
     def _source_usable(self, sha: str) -> bool:
@@ -370,12 +374,16 @@ class Design:
         )
 
     @staticmethod
-    def _prefer_unused(rng: random.Random, candidates: Sequence[str], used: set[str]) -> list[str]:
-        fresh = [c for c in candidates if c not in used]
-        seen = [c for c in candidates if c in used]
-        rng.shuffle(fresh)
-        rng.shuffle(seen)
-        return fresh + seen
+    def _in_tiers(rng: random.Random, candidates: Sequence[str], tier: "Callable[[str], int]") -> list[str]:
+        """The candidates shuffled within tiers, the lowest tier first (0: best)."""
+        tiers: dict[int, list[str]] = defaultdict(list)
+        for c in candidates:
+            tiers[tier(c)].append(c)
+        out: list[str] = []
+        for level in sorted(tiers):
+            rng.shuffle(tiers[level])
+            out += tiers[level]
+        return out
 
     def participant_trials(self, list_index: int, seed: int) -> list[TrialSpec]:
         """The full sequence (practice, then main and catch shuffled) for one participant."""
@@ -384,26 +392,59 @@ class Design:
         plan = sorted(self.list_plan(list_index).items(), key=lambda item: (cell_order[item[1][0]], item[0]))
         main = [self._trial("main", cell, sha, side) for sha, (cell, side) in plan]
         used = {sha for sha, _ in plan}
-        catch, catch_used = self._catch_trials(rng, used)
-        practice = self._practice_trials(rng, used | catch_used)
+        shown = {sid for t in main for sid in (t.left_stimulus_id, t.right_stimulus_id)}
+        catch, catch_used = self._catch_trials(rng, used, shown)
+        practice = self._practice_trials(rng, used | catch_used, shown)
         body = main + catch
         rng.shuffle(body)
         return practice + body
 
-    def _catch_trials(self, rng: random.Random, used: set[str]) -> tuple[list[TrialSpec], set[str]]:
-        """Two confident clean images of different categories per trial; the asked one's side alternates."""
+    def reused_images(self, list_index: int, seed: int = 0) -> int:
+        """Catch and practice images of one list that a main trial of the list shows too.
+
+        Such an image links trials: an image that appears in a catch trial and in a main trial
+        is a clean photo, which gives away the other side of a ``vs_clean`` trial. Selection
+        avoids it whenever the set has images to spare (:meth:`_catch_trials`); this counts
+        what it could not avoid.
+        """
+        trials = self.participant_trials(list_index, seed)
+        main = {sid for t in trials if t.kind == "main" for sid in (t.left_stimulus_id, t.right_stimulus_id)}
+        extra = {sid for t in trials if t.kind != "main" for sid in (t.left_stimulus_id, t.right_stimulus_id)}
+        return len(extra & main)
+
+    def lists_reusing_images(self, max_lists: int = 64) -> int:
+        """How many of the first ``max_lists`` lists show a main trial's image again in a catch or practice trial."""
+        return sum(self.reused_images(i) > 0 for i in range(min(self.n_lists, max_lists)))
+
+    def _catch_trials(self, rng: random.Random, used: set[str], shown: set[str]) -> tuple[list[TrialSpec], set[str]]:
+        """Two confident clean images of different categories per trial; the asked one's side alternates.
+
+        Images come, in this order of preference, from photos no main trial uses, then from
+        clean photos no main trial of the list shows (one not yet in a catch trial first), and
+        only then from the rest.
+        """
         catch: list[TrialSpec] = []
         categories = sorted(self.catch_pool)
         catch_used: set[str] = set(used)
+        picked: set[str] = set()
         start = rng.randrange(2)
         for j in range(self.config.catch_trials):
-            chosen_categories = rng.sample(categories, 2)  # the asked one first
+            spare = [c for c in categories if any(r.stimulus_id not in shown for r in self.catch_pool[c])]
+            chosen_categories = rng.sample(spare if len(spare) >= 2 else categories, 2)  # the asked one first
             asked = chosen_categories[0]
             chosen = []
             for category in chosen_categories:
                 pool = {r.source_sha256: r for r in self.catch_pool[category]}
-                sha = self._prefer_unused(rng, sorted(pool), catch_used)[0]
+
+                def tier(sha: str) -> int:
+                    if sha not in catch_used:
+                        return 0
+                    image = pool[sha].stimulus_id
+                    return 3 if image in shown else 2 if image in picked else 1
+
+                sha = self._in_tiers(rng, sorted(pool), tier)[0]
                 catch_used.add(sha)
+                picked.add(pool[sha].stimulus_id)
                 chosen.append(pool[sha])
             toward, beside = chosen
             side = SIDES[(j + start) % 2]
@@ -430,14 +471,30 @@ class Design:
             )
         return catch, catch_used
 
-    def _practice_trials(self, rng: random.Random, avoid: set[str]) -> list[TrialSpec]:
-        """The first model set and trial type at the largest budget; asked category and side alternate."""
+    def _practice_trials(self, rng: random.Random, avoid: set[str], shown: set[str]) -> list[TrialSpec]:
+        """The first model set and trial type at the largest budget; asked category and side alternate.
+
+        Photos come from those no other trial uses, then from those whose practice images no
+        other trial of the list shows, and only then from the rest.
+        """
         practice: list[TrialSpec] = []
         pair = self.pairs[0]
         a, b = pair.split(":", 1)
         start = rng.randrange(2)
-        order = self._prefer_unused(rng, self.sources, avoid)
+        taken = set(shown)
+        picked: set[str] = set()
         for j in range(self.config.practice_trials):
             cell = Cell(pair, self.config.conditions[0], max(self.budgets), (a, b)[j % 2], self.model_sets[0])
-            practice.append(self._trial("practice", cell, order[j % len(order)], SIDES[(j + start) % 2]))
+
+            def tier(sha: str) -> int:
+                images = self._images_for(cell, sha)
+                assert images is not None
+                clash = any(row.stimulus_id in taken for row in images)
+                return (3 if sha in picked else 0) + (0 if sha not in avoid else 2 if clash else 1)
+
+            sha = self._in_tiers(rng, self.sources, tier)[0]
+            picked.add(sha)
+            trial = self._trial("practice", cell, sha, SIDES[(j + start) % 2])
+            taken |= {trial.left_stimulus_id, trial.right_stimulus_id}
+            practice.append(trial)
         return practice

@@ -10,17 +10,19 @@ from typing import Any, Iterable, Mapping
 
 from experiment.errors import StudyError
 
-SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-CODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+#: Identifiers are checked whole, with ``fullmatch`` and ASCII classes: ``^...$`` would accept
+#: "X\n" (``$`` matches before a final newline), so ``?PROLIFIC_PID=X%0A`` would be a second participant.
+SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}", re.ASCII)
+HEX64_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+CODE_RE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
+KEY_RE = re.compile(r"[A-Za-z0-9_-]{8,64}", re.ASCII)
 
 
 def clean_id(value: Any, name: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not TOKEN_RE.match(value):
+    if not isinstance(value, str) or not TOKEN_RE.fullmatch(value):
         raise StudyError(f"{name} must be 1-128 letters, digits, '-' or '_'")
     return value
 

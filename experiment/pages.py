@@ -4,7 +4,7 @@
 check, practice, trials, breaks, debrief, completion) are driven by
 ``static/run.js`` through the JSON API. The page carries the experiment's texts
 and timings, never anything about targets or budgets. Images are served under
-per-experiment keyed aliases in a fixed-length encoding (experiment/delivery.py).
+per-participant keyed aliases in a fixed-length encoding (experiment/delivery.py).
 """
 from __future__ import annotations
 
@@ -98,11 +98,11 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
-@bp.get("/stimuli/<slug>/<name>")
-def stimulus(slug: str, name: str):  # type: ignore[no-untyped-def]
-    """An image by its keyed alias (experiment/delivery.py): fixed length, no validators, cached privately."""
+@bp.get("/stimuli/<slug>/<participant>/<name>")
+def stimulus(slug: str, participant: str, name: str):  # type: ignore[no-untyped-def]
+    """An image by its participant's keyed alias (experiment/delivery.py): fixed length, no validators, cached privately."""
     state = current_app.extensions["advbias"]
-    stimulus_id = delivery.lookup(state.db, slug, name)
+    stimulus_id = delivery.lookup(state.db, slug, participant, name)
     data = delivery.image_bytes(state.store, stimulus_id) if stimulus_id else None
     if data is None:
         abort(404)

@@ -199,7 +199,7 @@ def _trial_row(participant_id: int, index: int, s: TrialSpec) -> dict[str, Any]:
 
 
 def get_participant(session: Session, token: Any) -> Participant:
-    if not isinstance(token, str) or not TOKEN_RE.match(token):
+    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
         raise NotFound("unknown participant")
     participant = session.scalar(select(Participant).where(Participant.token == token))
     if participant is None:
@@ -290,15 +290,15 @@ def ready_for_trials(participant: Participant) -> None:
         raise Forbidden("the browser check is needed before the trials")
 
 
-def trial_view(trial: Trial, exp: Experiment) -> dict[str, Any]:
+def trial_view(trial: Trial, exp: Experiment, participant: str) -> dict[str, Any]:
     """A trial as the browser sees it: opaque ids and keyed image aliases only, nothing about targets or budgets."""
     return {
         "id": trial.public_id,
         "index": trial.index,
         "practice": trial.kind == "practice",
         "question": trial.question,
-        "left": image_url(exp, trial.left_stimulus_id),
-        "right": image_url(exp, trial.right_stimulus_id),
+        "left": image_url(exp, participant, trial.left_stimulus_id),
+        "right": image_url(exp, participant, trial.right_stimulus_id),
         "presentation_ms": trial.presentation_ms,
     }
 
@@ -330,6 +330,6 @@ def list_trials(db: Database, token: Any, start: int | None, count: int) -> dict
         assert exp is not None
         _mark_delivered(db, participant, trials)
         return {"next_index": participant.next_index, "n_trials": participant.n_trials,
-                "trials": [trial_view(t, exp) for t in trials]}
+                "trials": [trial_view(t, exp, participant.public_id) for t in trials]}
 
 

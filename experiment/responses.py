@@ -136,11 +136,11 @@ def record_response(db: Database, token: Any, payload: Any) -> tuple[dict[str, A
     data = validate_fields(payload, RESPONSE_FIELDS, ("trial_id", "idempotency_key", "response", "rt_ms"))
     source = data.get("response_source") or "key"
     key, trial_pid = data["idempotency_key"], data["trial_id"]
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         raise StudyError("idempotency_key must be 8-64 letters, digits, '-' or '_'")
-    if not TOKEN_RE.match(trial_pid):
+    if not TOKEN_RE.fullmatch(trial_pid):
         raise NotFound("no such trial for this participant")
-    if not isinstance(token, str) or not TOKEN_RE.match(token):
+    if not isinstance(token, str) or not TOKEN_RE.fullmatch(token):
         raise NotFound("unknown participant")
 
     fast = _store_fast(db, token, trial_pid, key, source, data)

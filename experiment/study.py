@@ -34,7 +34,7 @@ def create_experiment(
     Re-running with the same set and the same configuration changes nothing and
     returns ``created=False``; the same slug with anything different is refused.
     """
-    if not SLUG_RE.match(slug):
+    if not SLUG_RE.fullmatch(slug):
         raise ValueError(f"experiment name {slug!r} must be 1-63 lowercase letters, digits or '-'")
     rows, info, digest = read_set(Path(setdir))
     design_config, settings = resolve_config(raw_config)
@@ -119,7 +119,7 @@ def find_experiment(db: Database, slug: str) -> Experiment:
 
 
 def get_experiment(session: Session, slug: str) -> Experiment:
-    exp = session.scalar(select(Experiment).where(Experiment.slug == slug)) if SLUG_RE.match(slug or "") else None
+    exp = session.scalar(select(Experiment).where(Experiment.slug == slug)) if SLUG_RE.fullmatch(slug or "") else None
     if exp is None:
         raise NotFound(f"no experiment named {slug!r}")
     return exp

@@ -352,14 +352,20 @@ def test_link_option_symlinks_images(cli, clean_database, stimulus_set, tmp_path
         from PIL import Image
 
         from experiment.delivery import image_url
-        from experiment.models import Experiment
+        from experiment.models import Experiment, Participant, Trial
 
+        client = app.test_client()
+        assert client.post("/api/v1/experiments/linked/participants", json={"prolific_pid": "LINK"}).status_code == 201
         with app.extensions["advbias"].db.session() as session:
             exp = session.scalar(select(Experiment).where(Experiment.slug == "linked"))
-            url = image_url(exp, files[0].stem)
-        reply = app.test_client().get(url)
+            public_id, sid = session.execute(
+                select(Participant.public_id, Trial.left_stimulus_id).join(Trial, Trial.participant_id == Participant.id)
+            ).first()
+            url = image_url(exp, public_id, sid)
+        reply = client.get(url)
         assert reply.status_code == 200
-        assert Image.open(io.BytesIO(reply.data)).tobytes() == Image.open(files[0]).convert("RGB").tobytes()
+        original = instance / "stimuli" / f"{sid}.png"
+        assert Image.open(io.BytesIO(reply.data)).tobytes() == Image.open(original).convert("RGB").tobytes()
     finally:
         app.extensions["advbias"].db.dispose()
 

@@ -116,6 +116,33 @@ def test_catch_trials_use_confident_clean_images(rows: list[StimulusRow], by_id:
             assert (t.left_target, t.right_target) == (left.ensemble_category, right.ensemble_category)
 
 
+def _reuse(design: Design, list_index: int, seed: int) -> set[str]:
+    """Images of catch or practice trials that a main trial of the same list shows too."""
+    trials = design.participant_trials(list_index, seed)
+    main = {sid for t in trials if t.kind == "main" for sid in (t.left_stimulus_id, t.right_stimulus_id)}
+    return {sid for t in trials if t.kind != "main" for sid in (t.left_stimulus_id, t.right_stimulus_id)} & main
+
+
+@pytest.mark.parametrize("conditions", [("vs_clean", "vs_noise"), ("vs_flip", "vs_clean"), ("targets", "vs_clean")])
+def test_catch_and_practice_never_reuse_a_main_image_when_the_set_allows(rows: list[StimulusRow],
+                                                                         conditions: tuple[str, ...]) -> None:
+    """An image seen in a catch or practice trial and again in a main trial would mark the clean photo."""
+    design = Design(rows, DesignConfig(conditions=conditions, catch_min_prob=0.0, catch_trials=2, practice_trials=2))
+    for list_index in range(design.n_lists):
+        for seed in SEEDS:
+            assert not _reuse(design, list_index, seed), (list_index, seed)
+    assert design.summary()["lists_reusing_images"] == 0
+
+
+def test_the_design_says_when_it_must_reuse_main_images(rows: list[StimulusRow]) -> None:
+    """Three confident clean photos for two catch trials beside four clean photos in main trials: some reuse."""
+    design = Design(rows, DesignConfig(conditions=("vs_clean", "vs_noise"), catch_min_prob=0.5))
+    assert sum(len(v) for v in design.catch_pool.values()) == 3
+    reusing = [i for i in range(design.n_lists) if _reuse(design, i, 0)]
+    assert reusing and design.summary()["lists_reusing_images"] == len(reusing)
+    assert all(design.reused_images(i) == len(_reuse(design, i, 0)) for i in range(design.n_lists))
+
+
 def test_control_conditions_pair_the_right_images(rows: list[StimulusRow], by_id: dict[str, StimulusRow]) -> None:
     config = DesignConfig(conditions=("targets", "vs_clean", "vs_flip", "vs_noise"), budgets=(16,))
     design = Design(rows, config)

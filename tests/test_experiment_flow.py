@@ -329,8 +329,8 @@ def test_participant_never_sees_targets_or_budgets(app, client, participant, mak
                                "kind", "source", "target_side", "seed", "list"}, (path, keys)
     for t in trials:
         assert set(t) == {"id", "index", "practice", "question", "left", "right", "presentation_ms"}
-        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{32}}\.png", t["left"])
-        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{32}}\.png", t["right"])
+        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{16}}/[0-9a-f]{{32}}\.png", t["left"])
+        assert re.fullmatch(rf"/stimuli/{slug}/[0-9a-f]{{16}}/[0-9a-f]{{32}}\.png", t["right"])
         assert re.fullmatch(r"[0-9a-f]{16}", t["id"])
         assert t["presentation_ms"] == 200
 

@@ -454,7 +454,20 @@ def test_real_server_refuses_path_tricks_and_oversized_streams(live_study: Any) 
     chunked = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n0\r\n\r\n"
     status, data = _raw(live_study, f"POST {url}", chunked,
                         {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
-    assert status in (400, 413) and json.loads(data)["error"], (status, data[:200])
+    assert status == 413 and "too large" in json.loads(data)["error"], (status, data[:200])
+    # Valid JSON first, then 100 KiB of spaces and garbage in many chunks: refused whole, never cut and parsed.
+    pieces = [b'{"prolific_pid": "CHUNKED-OVER"}'] + [b" " * 4096] * 25 + [b"garbage"]
+    chunked = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
+    status, data = _raw(live_study, f"POST {url}", chunked,
+                        {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert status == 413 and "too large" in json.loads(data)["error"], (status, data[:200])
+    # A chunked body within the limit is read whole and served as usual.
+    small = [b'{"prolific_pid": ', b'"CHUNKED-OK"}']
+    chunked = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in small) + b"0\r\n\r\n"
+    status, data = _raw(live_study, f"POST {url}", chunked,
+                        {"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    assert status == 201 and json.loads(data)["token"], (status, data[:200])
+    before = snapshot(live_study.db)
     status, data = _raw(live_study, f"POST {url}", b"x" * 70_000,
                         {"Content-Type": "application/json", "Content-Length": "70000"})
     assert status == 413 and "too large" in json.loads(data)["error"]

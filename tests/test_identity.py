@@ -181,3 +181,92 @@ def test_proxy_headers_are_believed_only_from_trusted_proxies(app_config, app, m
     finally:
         direct.extensions["advbias"].db.dispose()
         proxied.extensions["advbias"].db.dispose()
+
+
+# --------------------------------------------------------------------------- identifiers are validated whole
+
+def _variants(valid: str) -> dict[str, str]:
+    """Near copies of a valid identifier that a validator must not take for it (or for a new one)."""
+    variants = {
+        "trailing newline": valid + "\n",
+        "trailing CRLF": valid + "\r\n",
+        "leading space": " " + valid,
+        "trailing space": valid + " ",
+        "trailing tab": valid + "\t",
+        "no-break space": valid + "\u00a0",
+        "zero-width space": valid + "\u200b",
+        "Cyrillic look-alike": "\u0430" + valid[1:] if valid[0] in "a" else "\u0421" + valid[1:],
+        "fullwidth digit": valid[:-1] + "\uff11",
+        "Kelvin sign": "\u212a" + valid[1:],
+        "dotless i": valid[:-1] + "\u0131",
+        "superscript one": valid[:-1] + "\u00b9",
+    }
+    assert all(v != valid for v in variants.values())
+    return variants
+
+
+def _participant_rows(db) -> int:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func
+
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(Participant)), s.scalar(select(func.count()).select_from(Response))
+
+
+def test_every_identifier_is_validated_whole(client, db, experiment, participant) -> None:  # type: ignore[no-untyped-def]
+    """``PROLIFIC_PID=X%0A`` is not a second participant, and no other identifier of the API takes such variants."""
+    from urllib.parse import quote
+
+    owner = participant(experiment, prolific_pid="X").prepare()  # study STUDY, session SESSION
+    trial = owner.trials()[0]
+    public_id = owner.trials()[0]["left"].split("/")[3]
+    image = owner.trials()[0]["left"].rsplit("/", 1)[1][:-4]
+    before = _participant_rows(db)
+    identity = {"prolific_pid": "X", "study_id": "STUDY", "session_id": "SESSION"}
+    answer = {"trial_id": trial["id"], "idempotency_key": "k" * 16, "response": "left", "rt_ms": 500}
+
+    def refused(reply, *ok: int) -> None:  # type: ignore[no-untyped-def]
+        assert 400 <= reply.status_code < 500 or reply.status_code in ok, reply.status_code
+        if reply.status_code >= 400 and reply.is_json:
+            assert reply.get_json()["error"]
+
+    for field in ("prolific_pid", "study_id", "session_id"):
+        for name, variant in _variants(identity[field]).items():
+            reply = start(client, experiment, **{**identity, field: variant})
+            # refused, or (never for the PID itself) the same participant: never a second record
+            refused(reply)
+            assert _participant_rows(db) == before, (field, name)
+    for name, variant in _variants(owner.token).items():
+        refused(start(client, experiment, **identity, token=variant))
+        path = f"/api/v1/participants/{quote(variant, safe='')}"
+        assert client.get(path).status_code == 404, name
+        assert client.get(f"{path}/trials").status_code == 404, name
+        for call, body in (("consent", {"consent": True}), ("responses", answer), ("finish", {"text": "x"})):
+            assert client.post(f"{path}/{call}", json=body).status_code == 404, (name, call)
+    for name, variant in _variants(trial["id"]).items():
+        refused(owner.answer({**trial, "id": variant}))
+    for name, variant in _variants("k" * 16).items():
+        reply = owner.answer(trial, key=variant)
+        assert reply.status_code == 400 and "idempotency_key" in reply.get_json()["error"], name
+    for name, variant in _variants(experiment).items():
+        assert client.post(START.format(slug=quote(variant, safe="")), json={}).status_code == 404, name
+        assert client.get(f"/run/{quote(variant, safe='')}").status_code == 404, name
+        assert client.get(f"/stimuli/{quote(variant, safe='')}/{public_id}/{image}.png").status_code == 404, name
+    for name, variant in _variants(public_id).items():
+        assert client.get(f"/stimuli/{experiment}/{quote(variant, safe='')}/{image}.png").status_code == 404, name
+    for name, variant in _variants(image).items():
+        assert client.get(f"/stimuli/{experiment}/{public_id}/{quote(variant, safe='')}.png").status_code == 404, name
+    for name, variant in _variants("1").items():
+        reply = client.get(f"{owner.base}/trials?start={quote(variant, safe='')}")
+        assert reply.status_code == 400 and "integer" in reply.get_json()["error"], name
+    assert _participant_rows(db) == before
+    # the real one still works
+    assert client.get(f"/stimuli/{experiment}/{public_id}/{image}.png").status_code == 200
+    assert start(client, experiment, **identity).get_json()["token"] == owner.token
+
+
+def test_admin_names_are_validated_whole(client, db) -> None:  # type: ignore[no-untyped-def]
+    from experiment.accounts import set_password
+
+    for name, variant in _variants("admin").items():
+        with pytest.raises(ValueError):
+            set_password(db, "a long enough password", variant)

@@ -24,7 +24,7 @@ from PIL import Image
 from sqlalchemy import select, text
 
 from experiment.delivery import alias, image_url
-from experiment.models import Experiment, Stimulus, Trial
+from experiment.models import Experiment, Participant, Stimulus, Trial
 from experiment.stimulus_set import delivery_length, delivery_path
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -71,12 +71,29 @@ def _length_guess_accuracy(db: Any, slug: str, length_of: Callable[[str], int]) 
     return (right / decided if decided else 0.5), decided
 
 
+def _served_urls(db: Any, exp: Experiment) -> dict[str, str]:
+    """One URL for every image some participant of the experiment can receive (through that participant)."""
+    with db.session() as session:
+        rows = session.execute(
+            select(Participant.public_id, Trial.left_stimulus_id, Trial.right_stimulus_id)
+            .join(Trial, Trial.participant_id == Participant.id).where(Participant.experiment_id == exp.id)
+        ).all()
+    urls: dict[str, str] = {}
+    for public_id, *stimulus_ids in rows:
+        for sid in stimulus_ids:
+            urls.setdefault(sid, image_url(exp, public_id, sid))
+    return urls
+
+
 def test_every_image_of_a_size_has_one_length_and_no_validators(client, db, make_experiment, participant,
                                                                stimulus_set: Path) -> None:  # type: ignore[no-untyped-def]
     slug = make_experiment("lengths", conditions=ALL_CONDITIONS, budgets=[16])
     for i in range(8):  # participants over several lists, so that main trials of every kind are planned
         participant(slug, prolific_pid=f"len-{i}")
-    exp, rows = _experiment_images(db, slug)
+    exp, all_rows = _experiment_images(db, slug)
+    urls = _served_urls(db, exp)
+    rows = [r for r in all_rows if r.stimulus_id in urls]
+    assert len(rows) >= 30  # every trial type at budget 16, clean photos and catch images
     originals = {r.stimulus_id: (stimulus_set / "images" / f"{r.stimulus_id}.png").read_bytes() for r in rows}
 
     # The attack works on the set's own (compressed) files, so this test can see a leak ...
@@ -87,7 +104,7 @@ def test_every_image_of_a_size_has_one_length_and_no_validators(client, db, make
     header_sets = set()
     lengths_by_size: dict[tuple[int, int], set[int]] = defaultdict(set)
     for row in rows:  # every image any participant of this experiment can receive
-        reply = client.get(image_url(exp, row.stimulus_id))
+        reply = client.get(urls[row.stimulus_id])
         assert reply.status_code == 200
         data = reply.get_data()
         served[row.stimulus_id] = data
@@ -107,41 +124,114 @@ def test_every_image_of_a_size_has_one_length_and_no_validators(client, db, make
     assert _length_guess_accuracy(db, slug, lambda sid: len(served[sid])) == (0.5, 0)
 
     # Conditional and range requests get the whole image: no 304 or 206 that could differ between files.
-    url = image_url(exp, rows[0].stimulus_id)
+    url = urls[rows[0].stimulus_id]
     for extra in ({"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}, {"If-None-Match": "*"},
                   {"Range": "bytes=0-99"}):
         reply = client.get(url, headers=extra)
         assert reply.status_code == 200 and reply.get_data() == served[rows[0].stimulus_id], extra
 
 
-def test_image_names_are_keyed_aliases(client, db, make_experiment, participant) -> None:  # type: ignore[no-untyped-def]
+def test_image_names_are_keyed_aliases_per_participant(client, db, make_experiment, participant) -> None:  # type: ignore[no-untyped-def]
     first, second = make_experiment("alias-a"), make_experiment("alias-b")
     exp_a, rows = _experiment_images(db, first)
     exp_b, _ = _experiment_images(db, second)
     assert exp_a.delivery_key != exp_b.delivery_key and len(exp_a.delivery_key) == 64
 
     p = participant(first, prolific_pid="alias-p").prepare()
-    urls = {url for t in p.trials() for url in (t["left"], t["right"])}
-    by_alias = {alias(exp_a.delivery_key, r.stimulus_id): r for r in rows}
-    public = {r.stimulus_id for r in rows} | {r.source_sha256 for r in rows}
-    for url in urls:
-        name = url.rsplit("/", 1)[1][:-4]
-        assert url == f"/stimuli/{first}/{name}.png" and name in by_alias
-        row = by_alias[name]
-        # What someone holding the manifest (or re-running the generation) could compute does not name it.
-        assert not any(name in h or h.startswith(name[:8]) for h in public)
-        assert name != hmac.new(b"", row.stimulus_id.encode(), hashlib.sha256).hexdigest()[:32]
-        # The same image has another name in another experiment, and each name works only in its own.
-        other = alias(exp_b.delivery_key, row.stimulus_id)
-        assert other != name
-        assert client.get(f"/stimuli/{second}/{other}.png").status_code == 200
-        assert client.get(f"/stimuli/{second}/{name}.png").status_code == 404
-        assert client.get(f"/stimuli/{row.stimulus_id}.png").status_code == 404
-        assert client.get(f"/stimuli/{first}/{row.stimulus_id[:32]}.png").status_code == 404
+    q = participant(first, prolific_pid="alias-q").prepare()
+    r = participant(second, prolific_pid="alias-r").prepare()
+    pub = {d.token: _public_id(db, d.token) for d in (p, q, r)}
+    public = {row.stimulus_id for row in rows} | {row.source_sha256 for row in rows}
+    names_p: set[str] = set()
+    for trial in p.trials():
+        for url in (trial["left"], trial["right"]):
+            prefix, name = url.rsplit("/", 1)
+            assert prefix == f"/stimuli/{first}/{pub[p.token]}"
+            name = name[:-4]
+            names_p.add(name)
+            sid = next(row.stimulus_id for row in rows if alias(exp_a.delivery_key, pub[p.token], row.stimulus_id) == name)
+            # What someone holding the manifest (or re-running the generation) could compute does not name it.
+            assert not any(name in h or h.startswith(name[:8]) for h in public)
+            assert name != hmac.new(b"", sid.encode(), hashlib.sha256).hexdigest()[:32]
+            # Another participant has another name for the same image, and neither name works for the other.
+            other = alias(exp_a.delivery_key, pub[q.token], sid)
+            assert other != name
+            assert client.get(f"/stimuli/{first}/{pub[q.token]}/{name}.png").status_code == 404
+            assert client.get(f"/stimuli/{first}/{pub[p.token]}/{other}.png").status_code == 404
+            assert client.get(f"/stimuli/{second}/{pub[p.token]}/{name}.png").status_code == 404
+            assert client.get(f"/stimuli/{first}/{name}.png").status_code == 404
+            assert client.get(f"/stimuli/{sid}.png").status_code == 404
+            assert client.get(f"/stimuli/{first}/{pub[p.token]}/{sid[:32]}.png").status_code == 404
+    names_q = {u.rsplit("/", 1)[1][:-4] for t in q.trials() for u in (t["left"], t["right"])}
+    names_r = {u.rsplit("/", 1)[1][:-4] for t in r.trials() for u in (t["left"], t["right"])}
+    assert not names_p & names_q and not names_p & names_r
     assert exp_a.delivery_key not in str(p.trials()) and exp_a.delivery_key not in client.get(p.base).get_data(True)
 
 
-def test_old_stores_get_delivery_encodings_and_old_experiments_a_key(app, client, db, make_experiment,
+def _public_id(db: Any, token: str) -> str:
+    with db.session() as session:
+        return session.scalar(select(Participant.public_id).where(Participant.token == token))
+
+
+def _cooccurrence_guesses(trials: list[dict[str, Any]], name_of: Callable[[str], str]) -> tuple[int, int, int]:
+    """The pooled-name attack: the clean photo (or the noise image's partner) is the name with most partners.
+
+    ``trials`` are every trial (practice and catch included) of many sessions, main ones with
+    their condition and target side; ``name_of`` maps a URL to the name an attacker pools on. For each ``vs_clean``
+    trial the side whose name has more distinct partners is taken for the clean photo (the
+    target is the other side); for ``vs_noise`` the noise image is the one with fewer partners.
+    Returns (right guesses, decided trials, trials).
+    """
+    partners: dict[str, set[str]] = defaultdict(set)
+    for t in trials:
+        left, right = name_of(t["left"]), name_of(t["right"])
+        partners[left].add(right)
+        partners[right].add(left)
+    right_guesses = decided = 0
+    scored = [t for t in trials if t.get("condition") in ("vs_clean", "vs_noise")]
+    for t in scored:
+        left, right = len(partners[name_of(t["left"])]), len(partners[name_of(t["right"])])
+        if left == right:
+            continue
+        decided += 1
+        more = "left" if left > right else "right"
+        fewer = "right" if more == "left" else "left"
+        guess = fewer if t["condition"] == "vs_clean" else more
+        right_guesses += guess == t["target_side"]
+    return right_guesses, decided, len(scored)
+
+
+def test_pooled_sessions_do_not_link_image_names(client, db, make_experiment, participant) -> None:  # type: ignore[no-untyped-def]
+    """13 invented sessions pooled: names decide the target side no better than chance.
+
+    The same attack on experiment-wide names (one name per image, as before names were per
+    participant) decides most trials correctly, so the test would see the leak come back.
+    """
+    # catch_min_prob 0: the small test set has catch images to spare, so no list needs to reuse one
+    slug = make_experiment("pooled", conditions=["vs_clean", "vs_noise"], catch_min_prob=0.0)
+    people = [participant(slug, prolific_pid=f"pool-{i}").prepare() for i in range(13)]
+    by_url: dict[str, str] = {}
+    with db.session() as session:
+        planned = session.execute(select(Trial.public_id, Trial.kind, Trial.condition, Trial.target_side,
+                                         Trial.left_stimulus_id, Trial.right_stimulus_id)).all()
+    plan = {row.public_id: row for row in planned}
+    pooled: list[dict[str, Any]] = []
+    for person in people:
+        for trial in person.trials():
+            row = plan[trial["id"]]
+            by_url[trial["left"]], by_url[trial["right"]] = row.left_stimulus_id, row.right_stimulus_id
+            truth = {"condition": row.condition, "target_side": row.target_side} if row.kind == "main" else {}
+            pooled.append({**trial, **truth})
+    assert sum(t.get("condition") in ("vs_clean", "vs_noise") for t in pooled) >= 100
+    served = _cooccurrence_guesses(pooled, lambda url: url)
+    shared = _cooccurrence_guesses(pooled, lambda url: by_url[url])
+    right, decided, total = served
+    assert decided < 0.1 * total or right <= 0.6 * decided, served
+    s_right, s_decided, _ = shared
+    assert s_decided >= 0.5 * total and s_right >= 0.8 * s_decided, shared
+
+
+def test_old_stores_get_delivery_encodings_and_old_experiments_a_key(app, client, db, make_experiment, participant,
                                                                     database_url: str) -> None:  # type: ignore[no-untyped-def]
     """A store imported before fixed-length delivery, and an experiment created before keyed names."""
     from experiment.db import downgrade, upgrade
@@ -150,9 +240,11 @@ def test_old_stores_get_delivery_encodings_and_old_experiments_a_key(app, client
     exp, rows = _experiment_images(db, slug)
     store = app.extensions["advbias"].store
     shutil.rmtree(store / "delivery")
-    reply = client.get(image_url(exp, rows[0].stimulus_id))
+    participant(slug, prolific_pid="legacy-p")
+    sid, url = next(iter(_served_urls(db, exp).items()))
+    reply = client.get(url)
     assert reply.status_code == 200 and len(reply.get_data()) == delivery_length(224, 224)
-    assert delivery_path(store, rows[0].stimulus_id).is_file()
+    assert delivery_path(store, sid).is_file()
 
     downgrade(db.engine, "0001")
     with db.engine.connect() as conn:
