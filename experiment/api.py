@@ -14,6 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from experiment import errors, fields, participants, responses
 from experiment.db import Database, current_revision
+from experiment.models import utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 #: The start call's body: Prolific's three URL parameters and, to resume, the browser's own token.
@@ -63,7 +64,8 @@ def health():  # type: ignore[no-untyped-def]
 def start(slug: str):  # type: ignore[no-untyped-def]
     data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
     limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
-    policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window)
+    policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window,
+                                      clock=current_app.config.get("CLOCK", utcnow))
     state, created = participants.start_participant(
         _db(), slug, data.get("prolific_pid"), data.get("study_id"), data.get("session_id"),
         token=data.get("token"), policy=policy,
