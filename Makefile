@@ -9,16 +9,33 @@ export PYTHONUNBUFFERED := 1
 DEMO_DIR  ?= instance/demo
 DEMO_PORT ?= 5000
 
-.PHONY: install demo test bench loadtest clean
+.PHONY: install demo test test-fast bench loadtest clean
 
-## install: create .venv once (torch pinned, from the local wheel cache) and install advbias editable
+## install: create .venv and install advbias editable with its test extras (torch pinned), with uv
+##          (https://docs.astral.sh/uv/) when it can be had, otherwise with pip. uv does not read pip's
+##          configuration, so pip's configured indexes, wheel folders and constraints are handed to it
+##          (tests/pip_to_uv.py). UV=... names a uv to use; without one on PATH it is fetched into .uv/.
 install: $(STAMP)
 
+UV ?= $(shell command -v uv 2>/dev/null)
+UV_BOOTSTRAP := .uv
+TORCH := torch==2.14.1 torchvision==0.29.1
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 'setuptools>=77'
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	@uv="$(UV)"; \
+	if [ -z "$$uv" ] && { [ -x $(UV_BOOTSTRAP)/bin/uv ] || python3 -m pip install -q --target $(UV_BOOTSTRAP) uv >/dev/null 2>&1; }; then \
+	  uv=$(UV_BOOTSTRAP)/bin/uv; fi; \
+	if [ -n "$$uv" ]; then \
+	  eval "set -- $$(python3 tests/pip_to_uv.py)"; \
+	  echo "uv: $$uv $$*"; \
+	  test -x $(PY) || "$$uv" venv -q --seed --python "$$(command -v python3)" $(VENV) && \
+	  "$$uv" pip install -q --python $(PY) "$$@" $(TORCH) 'setuptools>=77' -e '.[test]'; \
+	else \
+	  echo "uv not available: installing with pip"; \
+	  { test -x $(PY) || python3 -m venv $(VENV); } && \
+	  $(PY) -m pip install -q --upgrade pip 'setuptools>=77' && \
+	  $(PY) -m pip install -q $(TORCH) -e '.[test]'; \
+	fi
 	touch $(STAMP)
 
 ## demo: small stimulus set (resumed if present), the "demo" experiment on SQLite, a fresh admin password,
@@ -36,9 +53,20 @@ demo: install
 	@echo ""
 	$(ADVBIAS) serve --host 127.0.0.1 --port $(DEMO_PORT)
 
-## test: the whole test suite
+## test: the whole test suite (browser, two servers, wheel and torchrun tests included); first installs
+##       what the suite needs that the machine lacks (tests/provision.sh: as root, else it says what to run)
+## test-fast: everything but the browser, two-server, wheel and torchrun tests, for development
+## PYTEST_ARGS adds pytest arguments to both, e.g. PYTEST_ARGS='-x tests/test_experiment_flow.py'
+PYTEST_ARGS ?=
+FAST := not browser and not twoservers and not wheel and not torchrun
 test: install
-	$(PY) -m pytest -q
+	tests/provision.sh
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	tests/provision.sh
+	@status=0; $(PY) -m pytest -q -m '$(FAST)' $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "test-fast: no fast test in this selection"; status=0; fi; exit $$status
 
 ## bench: attack-engine benchmarks: foolbox vs batched engine vs forward+backward floor (warm), and the
 ##        first call in a fresh process (cold); `advbias bench transfer` (hours on a CPU) is run by hand

@@ -187,7 +187,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
         ADVBIAS=settings,
     )
     if config:
-        for key in ("TESTING",):
+        for key in ("TESTING", "CLOCK"):  # CLOCK: a callable for the current UTC time (throttle windows)
             if key in config:
                 app.config[key] = config[key]
     app.extensions["advbias"] = AdvbiasState(db, stimulus_store(settings))

@@ -78,10 +78,15 @@ def _backoff(failures: int, allowed: int) -> float:
     return 0.0 if failures <= allowed else min(MAX_BLOCK_S, 2.0 ** (failures - allowed))
 
 
-def authenticate(db: Database, secret: str, username: str, password: str, address: str) -> LoginResult:
-    """Check a login; a throttled or busy one is refused without hashing (``retry_after`` > 0)."""
+def authenticate(
+    db: Database, secret: str, username: str, password: str, address: str, *, clock: throttle.Clock = utcnow
+) -> LoginResult:
+    """Check a login; a throttled or busy one is refused without hashing (``retry_after`` > 0).
+
+    ``clock`` is the time the back-off is measured in (the wall clock unless a caller says otherwise).
+    """
     user_key, addr_key = _keys(secret, username, address)
-    wait = throttle.blocked_for(db, [user_key, addr_key])
+    wait = throttle.blocked_for(db, [user_key, addr_key], clock=clock)
     if wait > 0:
         return LoginResult(retry_after=wait)
     admin = None
@@ -99,12 +104,12 @@ def authenticate(db: Database, secret: str, username: str, password: str, addres
     if ok:
         assert admin is not None
         throttle.clear(db, user_key)
-        throttle.purge(db)
+        throttle.purge(db, clock=clock)
         return LoginResult(version=admin.session_version)
     for key, allowed in ((user_key, ACCOUNT_FAILURES), (addr_key, ADDRESS_FAILURES)):
-        pause = _backoff(throttle.hit(db, key, FAILURE_WINDOW_S), allowed)
+        pause = _backoff(throttle.hit(db, key, FAILURE_WINDOW_S, clock=clock), allowed)
         if pause > 0:
-            throttle.block(db, key, pause)
+            throttle.block(db, key, pause, clock=clock)
     return LoginResult()
 
 

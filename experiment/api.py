@@ -15,6 +15,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from experiment import errors, fields, participants, rehearsal, responses, study
 from experiment.db import Database, current_revision
+from experiment.models import utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 #: The start call's body: Prolific's three URL parameters, to resume the browser's own token, and the
@@ -65,7 +66,8 @@ def health():  # type: ignore[no-untyped-def]
 def start(slug: str):  # type: ignore[no-untyped-def]
     data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
     limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
-    policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window)
+    policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window,
+                                      clock=current_app.config.get("CLOCK", utcnow))
     preview = bool(data.get("preview"))
     if preview and not rehearsal.is_preview(study.find_experiment(_db(), slug), data["preview"]):
         raise errors.Forbidden("this preview link is not valid (it may belong to another study)", reason="bad_preview")

@@ -56,6 +56,7 @@ class StartPolicy:
     address: str
     limit: int = 0
     window_s: float = 600.0
+    clock: throttle.Clock = utcnow
 
     def admit(self, db: Database) -> None:
         """Count one new participant from this address; raises :class:`TooManyStarts` past the limit."""
@@ -63,8 +64,8 @@ class StartPolicy:
             return
         key = throttle.throttle_key(self.secret, "start-addr", self.address)
         if secrets.randbelow(200) == 0:  # now and then, drop counters of addresses long gone
-            throttle.purge(db)
-        if throttle.hit(db, key, self.window_s) > self.limit:
+            throttle.purge(db, clock=self.clock)
+        if throttle.hit(db, key, self.window_s, clock=self.clock) > self.limit:
             raise TooManyStarts(
                 "too many new participants from this network address: try again later", retry_after=self.window_s
             )

@@ -10,17 +10,24 @@ Each counter is a fixed window: the first hit opens a window of ``window_s`` sec
 hits inside it add up; the first hit after it starts again from one. One upsert per hit
 (``INSERT ... ON CONFLICT DO UPDATE``) keeps it to a single statement on both SQLite
 and PostgreSQL.
+
+Every function takes the current time from ``clock`` (default: the wall clock), so that a
+caller, or a test, can let windows and blocks pass without waiting for them.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from sqlalchemy import case, delete, select, update
 
 from experiment.db import Database
 from experiment.models import Throttle, utcnow
+
+#: Where the time comes from: a callable returning a timezone-aware UTC datetime.
+Clock = Callable[[], datetime]
 
 
 def throttle_key(secret: str, scope: str, value: str) -> str:
@@ -42,9 +49,9 @@ def _insert(db: Database):  # type: ignore[no-untyped-def]
     return insert(Throttle)
 
 
-def hit(db: Database, key: str, window_s: float) -> int:
+def hit(db: Database, key: str, window_s: float, *, clock: Clock = utcnow) -> int:
     """Count one event for ``key``; returns the count in the current window (this event included)."""
-    now = utcnow()
+    now = clock()
     ends = now + timedelta(seconds=window_s)
     table = Throttle.__table__
     stmt = _insert(db).values(key=key, count=1, window_ends=ends, blocked_until=None)
@@ -60,18 +67,18 @@ def hit(db: Database, key: str, window_s: float) -> int:
         return int(conn.execute(stmt).scalar_one())
 
 
-def blocked_for(db: Database, keys: list[str]) -> float:
+def blocked_for(db: Database, keys: list[str], *, clock: Clock = utcnow) -> float:
     """Seconds until every one of ``keys`` is unblocked (0 when none is blocked)."""
-    now = utcnow()
+    now = clock()
     with db.session() as s:
         until = [_aware(u) for u in s.scalars(select(Throttle.blocked_until).where(Throttle.key.in_(keys)))]
     later = [u for u in until if u is not None and u > now]
     return max((u - now).total_seconds() for u in later) if later else 0.0
 
 
-def block(db: Database, key: str, seconds: float) -> None:
+def block(db: Database, key: str, seconds: float, *, clock: Clock = utcnow) -> None:
     """Refuse ``key`` for the next ``seconds`` (kept at least as long as the block)."""
-    until = utcnow() + timedelta(seconds=seconds)
+    until = clock() + timedelta(seconds=seconds)
     with db.write() as s:
         s.execute(
             update(Throttle).where(Throttle.key == key).values(
@@ -86,9 +93,9 @@ def clear(db: Database, key: str) -> None:
         s.execute(delete(Throttle).where(Throttle.key == key))
 
 
-def purge(db: Database) -> int:
+def purge(db: Database, *, clock: Clock = utcnow) -> int:
     """Delete counters whose window and block have both passed; returns how many."""
-    now = utcnow()
+    now = clock()
     with db.write() as s:
         gone = s.execute(
             delete(Throttle).where(

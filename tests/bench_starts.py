@@ -30,12 +30,12 @@ sys.path.insert(0, str(HERE))
 def measure(backend: str, starts: int, postgres_url: str, setdir: Path) -> dict[str, float]:
     """One process's measurement (run in a child process: ``--child``)."""
     from loadtest import prepare_database
-    from servers import _scratch_postgres
+    from servers import scratch_postgres
 
     from experiment import create_app
 
     instance = Path(tempfile.mkdtemp(prefix="bench-starts-"))
-    url, drop = (f"sqlite:///{instance / 'advbias.db'}", None) if backend == "sqlite" else _scratch_postgres(postgres_url)
+    url, drop = (f"sqlite:///{instance / 'advbias.db'}", None) if backend == "sqlite" else scratch_postgres(postgres_url)
     try:
         prepare_database(url, instance, setdir, "starts", {"completion_code": "BENCH"})
         app = create_app({"DATABASE_URL": url, "INSTANCE_PATH": str(instance), "SECRET_KEY": "bench-" + "x" * 32,

@@ -9,19 +9,18 @@
   otherwise a private server started for the session (initdb + pg_ctl on a free
   loopback port; ``ADVBIAS_TEST_PRIVATE_POSTGRES=1`` forces the private server).
   Each session creates its own uniquely named database and drops only that one
-  at the end.
+  at the end. Servers, ports and scratch databases come from ``tests/servers.py``.
+* ``clock`` is the app's clock (``CLOCK``): tests let back-off windows pass with
+  ``clock.advance(seconds)`` instead of sleeping.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from contextlib import contextmanager
-from glob import glob
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,6 +28,7 @@ import pytest
 
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
+MACHINE_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = ("responses", "trials", "participants", "stimuli", "experiments", "admins", "throttle")
 SET_PARAMS: dict[str, Any] = dict(
     images="builtin", pairs=[("cat", "truck")], eps=[2, 16], steps=1, models=["lite0"],
@@ -55,79 +55,31 @@ def stimulus_set(request: pytest.FixtureRequest) -> Path:
         return Path(stimuli.generate_set(out=out, progress=False, **SET_PARAMS))
 
 
-# --------------------------------------------------------------------------- PostgreSQL
-
-def _pg_answers(host: str, port: int) -> bool:
-    import psycopg
-
-    try:
-        with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres", connect_timeout=3):
-            return True
-    except psycopg.Error:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+# --------------------------------------------------------------------------- PostgreSQL (tests/servers.py)
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """``host:port`` of a PostgreSQL server that accepts user postgres without a password."""
-    if os.environ.get("ADVBIAS_TEST_PRIVATE_POSTGRES") != "1" and _pg_answers("127.0.0.1", 5432):
+    from servers import PrivatePostgres, postgres_answers
+
+    if os.environ.get("ADVBIAS_TEST_PRIVATE_POSTGRES") != "1" and postgres_answers(MACHINE_POSTGRES):
         yield "127.0.0.1:5432"
         return
-    bins = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); .ci/run installs it")
-    bindir = Path(bins[-1]).parent
-    as_root = os.geteuid() == 0
-    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
-    workdir = Path(tempfile.mkdtemp(prefix="advbias-pg-"))
-    if as_root:
-        shutil.chown(workdir, "postgres", "postgres")
-    data = workdir / "data"
-    port = _free_port()
-    subprocess.run(
-        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True, capture_output=True,
-    )
-    options = f"-p {port} -h 127.0.0.1 -k {workdir} -c fsync=off"
-    subprocess.run(
-        [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(workdir / "log"), "-w", "start"],
-        check=True, capture_output=True,
-    )
     try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+        private = PrivatePostgres(fsync=False, max_connections=100)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    with private:
+        yield private.server
 
-
-# --------------------------------------------------------------------------- databases
 
 @contextmanager
 def scratch_postgres_database(server: str) -> Iterator[str]:
-    """Create a uniquely named database on ``server`` ("host:port"), yield its URL, drop it after.
+    """A uniquely named database on ``server`` ("host:port"), dropped after (:func:`servers.scratch_database`)."""
+    from servers import scratch_database
 
-    Only databases made here are ever dropped.
-    """
-    import psycopg
-
-    host, port = server.split(":")
-    name = f"advbias_test_{uuid.uuid4().hex[:12]}"
-
-    def admin(sql: str) -> None:
-        with psycopg.connect(host=host, port=int(port), user="postgres", dbname="postgres", autocommit=True) as conn:
-            conn.execute(sql)
-
-    admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@{server}/{name}"
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database(f"postgresql://postgres@{server}/postgres", prefix="advbias_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -181,9 +133,34 @@ def instance_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("instance")
 
 
+class ManualClock:
+    """A clock that stands still at the test's start until :meth:`advance` moves it.
+
+    Handed to the app as ``CLOCK`` (login back-off and start-limit windows,
+    :mod:`experiment.throttle`): a test of a 2 s pause takes no 2 s, and a slow, loaded
+    machine cannot make a pause end early.
+    """
+
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 @pytest.fixture
-def app_config(clean_database: str, instance_dir: Path) -> dict[str, Any]:
+def clock() -> ManualClock:
+    """This test's clock (the app's ``CLOCK``); ``clock.advance(s)`` moves it forward."""
+    return ManualClock()
+
+
+@pytest.fixture
+def app_config(clean_database: str, instance_dir: Path, clock: ManualClock) -> dict[str, Any]:
     return {
+        "CLOCK": clock,
         "TESTING": True,
         "DATABASE_URL": clean_database,
         "INSTANCE_PATH": str(instance_dir),

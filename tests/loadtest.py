@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 
 from advbias.client import HttpClient, Participant as SimulatedParticipant, ProtocolError
-from servers import (PrivatePostgres, ServerProcess, _scratch_postgres, compare, percentile, stored_answers)
+from servers import (PrivatePostgres, ServerProcess, compare, percentile, scratch_postgres, stored_answers)
 
 #: The small stimulus set the benchmark builds when none is given (same as the test suite's).
 SET_PARAMS: dict[str, Any] = dict(
@@ -381,7 +381,7 @@ class _Databases:
         if backend == "sqlite":
             return f"sqlite:///{(instance / 'advbias.db').resolve()}", None
         try:
-            return _scratch_postgres(self.private.url if self.private else self.postgres_url)
+            return scratch_postgres(self.private.url if self.private else self.postgres_url)
         except Exception as exc:  # psycopg.Error and friends: no usable server there
             if self.private is not None or self.no_private:
                 print(f"postgresql: skipped, cannot create a scratch database: {str(exc).splitlines()[0]}")
@@ -391,7 +391,7 @@ class _Databases:
         try:
             self.private = PrivatePostgres()
             self.private.start()
-            return _scratch_postgres(self.private.url)
+            return scratch_postgres(self.private.url)
         except Exception as exc2:  # not installed, initdb failed, ...: go on with the other backends
             print(f"postgresql: skipped, cannot start a private server: {str(exc2).splitlines()[0]}")
             self.close()

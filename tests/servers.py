@@ -1,11 +1,14 @@
-"""Test scaffolding: a real gunicorn server in a subprocess, scratch PostgreSQL servers and
-databases, and a check of what the database holds against what the server acknowledged.
+"""Test scaffolding, the one place for it: free ports, a real gunicorn server in a subprocess,
+private PostgreSQL servers and scratch databases, and a check of what the database holds
+against what the server acknowledged.
 
-Used by the crash, browser and hostile-input tests (through ``conftest.py``) and by the
-load benchmark (``tests/loadtest.py``). Not part of the product.
+Used by the fixtures in ``conftest.py`` (so by every test that needs a server or a database)
+and by the benchmarks (``tests/loadtest.py``, ``tests/burst.py``, ``tests/bench_*.py``).
+Not part of the product.
 """
 
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -18,7 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from advbias.client import Ack
 
@@ -234,19 +237,45 @@ def compare(acks: Iterable[Ack], stored: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _scratch_postgres(admin_url: str) -> tuple[str, Any]:
-    """Create a uniquely named database on the server of ``admin_url``; returns (url, drop function)."""
+# =========================================================================== PostgreSQL
+
+def postgres_kwargs(url: str) -> dict[str, Any]:
+    """psycopg connection arguments for the server (and database) of a PostgreSQL URL."""
+    from sqlalchemy.engine import make_url
+
+    from experiment.db import normalize_url
+
+    parsed = make_url(normalize_url(url))
+    kwargs: dict[str, Any] = {"host": parsed.host or "127.0.0.1", "port": parsed.port or 5432,
+                              "user": parsed.username or "postgres", "dbname": parsed.database or "postgres"}
+    if parsed.password:
+        kwargs["password"] = parsed.password
+    return kwargs
+
+
+def postgres_answers(url: str) -> bool:
+    """True if a PostgreSQL server at ``url`` accepts a connection (within 3 s)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(connect_timeout=3, **postgres_kwargs(url)):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def scratch_postgres(admin_url: str, prefix: str = "advbias_scratch") -> tuple[str, Any]:
+    """Create a uniquely named database on the server of ``admin_url``; returns (its URL, a drop function).
+
+    Only databases made here are ever dropped (``DROP ... WITH (FORCE)`` ends their connections).
+    """
     import psycopg
     from sqlalchemy.engine import make_url
 
     from experiment.db import normalize_url
 
-    parsed = make_url(normalize_url(admin_url))
-    kwargs = {"host": parsed.host or "127.0.0.1", "port": parsed.port or 5432, "user": parsed.username or "postgres",
-              "dbname": parsed.database or "postgres"}
-    if parsed.password:
-        kwargs["password"] = parsed.password
-    name = f"advbias_load_{uuid.uuid4().hex[:10]}"
+    kwargs = postgres_kwargs(admin_url)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(autocommit=True, connect_timeout=5, **kwargs) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
 
@@ -254,31 +283,49 @@ def _scratch_postgres(admin_url: str) -> tuple[str, Any]:
         with psycopg.connect(autocommit=True, **kwargs) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    return parsed.set(database=name).render_as_string(hide_password=False), drop
+    return make_url(normalize_url(admin_url)).set(database=name).render_as_string(hide_password=False), drop
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str, prefix: str = "advbias_scratch") -> Iterator[str]:
+    """:func:`scratch_postgres` as a context manager: the database is dropped on the way out."""
+    url, drop = scratch_postgres(admin_url, prefix)
+    try:
+        yield url
+    finally:
+        drop()
 
 
 class PrivatePostgres:
     """A throwaway PostgreSQL server (initdb + pg_ctl) on a free loopback port, for machines without one.
 
     Run as the ``postgres`` user when started as root (PostgreSQL refuses to run as root).
-    Unlike the test suite's private server it keeps ``fsync`` on, so that the benchmark pays
-    for durable commits as a real deployment does.
+    ``fsync=False`` suits the test suite (nothing outlives it); the load benchmark keeps it on,
+    so that it pays for durable commits as a real deployment does.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = True, max_connections: int = 200) -> None:
         from glob import glob
 
         found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
-            raise RuntimeError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)")
+            raise RuntimeError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): "
+                               "run tests/provision.sh")
         self.bindir = Path(found[-1]).parent
+        self.fsync = fsync
+        self.max_connections = max_connections
         self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.workdir = Path(tempfile.mkdtemp(prefix="advbias-loadtest-pg-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="advbias-pg-"))
         self.port = free_port()
 
     @property
+    def server(self) -> str:
+        """``host:port``."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.server}/postgres"
 
     def start(self) -> "PrivatePostgres":
         if self.prefix:
@@ -286,7 +333,9 @@ class PrivatePostgres:
         data = self.workdir / "data"
         subprocess.run([*self.prefix, str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres",
                         "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-        options = f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c max_connections=200"
+        options = f"-p {self.port} -h 127.0.0.1 -k {self.workdir} -c max_connections={self.max_connections}"
+        if not self.fsync:
+            options += " -c fsync=off"
         subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(data), "-o", options,
                         "-l", str(self.workdir / "log"), "-w", "start"], check=True, capture_output=True)
         return self
@@ -295,6 +344,12 @@ class PrivatePostgres:
         subprocess.run([*self.prefix, str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "fast",
                         "stop"], capture_output=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "PrivatePostgres":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import re
 import sys
-import time
 
 import pytest
 from sqlalchemy import update
@@ -89,7 +88,7 @@ def test_set_password_ends_every_session(app, client, db, experiment, cli) -> No
     assert login(client, "a brand new password").status_code == 302
 
 
-def test_wrong_passwords_block_the_account_without_hashing(client, db) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_passwords_block_the_account_without_hashing(client, db, clock) -> None:  # type: ignore[no-untyped-def]
     set_password(db, PASSWORD)
     for _ in range(accounts.ACCOUNT_FAILURES):
         assert login(client, "guess").status_code == 401
@@ -97,25 +96,30 @@ def test_wrong_passwords_block_the_account_without_hashing(client, db) -> None: 
     blocked = login(client)  # the right password, while blocked
     page = blocked.get_data(as_text=True)
     assert blocked.status_code == 429 and "too many failed logins" in page and 'data-testid="login-throttled"' in page
-    assert 1 <= int(blocked.headers["Retry-After"]) <= 2
+    assert int(blocked.headers["Retry-After"]) == 2
     # While blocked nothing is hashed: a stored hash that would raise if checked is never looked at.
     with db.write() as s:
         saved = s.scalar(update(Admin).values(password_hash="nosuchmethod$x$y").returning(Admin.password_hash))
     assert login(client).status_code == 429
     set_password(db, PASSWORD)
-    time.sleep(2.2)
+    clock.advance(1.9)
+    assert login(client).status_code == 429  # not over yet
+    clock.advance(0.1)
     assert login(client).status_code == 302, saved  # the pause is over: the right password works again
     assert client.get("/admin/").status_code == 200
 
 
-def test_the_back_off_doubles(client, db) -> None:  # type: ignore[no-untyped-def]
+def test_the_back_off_doubles(client, db, clock) -> None:  # type: ignore[no-untyped-def]
     set_password(db, PASSWORD)
     for _ in range(accounts.ACCOUNT_FAILURES + 1):
         login(client, "guess")
-    time.sleep(2.2)
+    clock.advance(2)
     assert login(client, "guess").status_code == 401  # allowed again, fails: now 4 s
-    wait = int(login(client).headers["Retry-After"])
-    assert 3 <= wait <= 4
+    assert int(login(client).headers["Retry-After"]) == 4
+    clock.advance(3.9)
+    assert login(client).status_code == 429
+    clock.advance(0.1)
+    assert login(client).status_code == 302
 
 
 def test_one_address_guessing_many_names_is_blocked(app, db) -> None:  # type: ignore[no-untyped-def]
@@ -161,11 +165,12 @@ def test_the_experiment_page_shows_debrief_answers_and_user_agents(client, db, e
     assert re.search(r"median server time per trial", page)
 
 
-def test_expired_counters_are_purged(db) -> None:  # type: ignore[no-untyped-def]
+def test_expired_counters_are_purged(db, clock) -> None:  # type: ignore[no-untyped-def]
     from experiment import throttle
 
-    throttle.hit(db, "a" * 64, 0.001)
-    throttle.hit(db, "b" * 64, 3600)
-    time.sleep(0.05)
-    assert throttle.purge(db) == 1
-    assert throttle.hit(db, "b" * 64, 3600) == 2 and throttle.hit(db, "a" * 64, 3600) == 1
+    throttle.hit(db, "a" * 64, 60, clock=clock)
+    throttle.hit(db, "b" * 64, 3600, clock=clock)
+    assert throttle.purge(db, clock=clock) == 0
+    clock.advance(61)
+    assert throttle.purge(db, clock=clock) == 1
+    assert throttle.hit(db, "b" * 64, 3600, clock=clock) == 2 and throttle.hit(db, "a" * 64, 3600, clock=clock) == 1

@@ -167,6 +167,7 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.wheel
 def test_wheel_installed_outside_the_checkout_serves_a_study(tmp_path: Path, stimulus_set: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",

@@ -324,6 +324,7 @@ def test_cli_rebuild_is_byte_identical_and_shows_progress(built_set, tmp_path):
     assert a == b
 
 
+@pytest.mark.torchrun
 def test_torchrun_two_processes_equal_one(built_set, tmp_path):
     out = tmp_path / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -21,7 +21,7 @@ from advbias.client import HttpClient, Participant
 from conftest import scratch_postgres_database
 from servers import ServerProcess, compare, stored_answers
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.twoservers]
 PARTICIPANTS = 6
 
 
