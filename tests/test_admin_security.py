@@ -161,8 +161,11 @@ def test_the_experiment_page_shows_debrief_answers_and_user_agents(client, db, e
     assert login(client).status_code == 302
     page = client.get(f"/admin/experiments/{experiment}").get_data(as_text=True)
     assert "Mozilla/5.0 (X11) Tested/1.0" in page
-    assert "the left ones looked &lt;b&gt;grainy&lt;/b&gt;" in page and "<b>grainy</b>" not in page
-    assert re.search(r"median server time per trial", page)
+    assert re.search(r"median server time \(ms\)", page) and re.search(r"median rt \(ms\)", page)
+    links = re.findall(rf'href="(/admin/experiments/{experiment}/participants/[^"]+)"', page)
+    assert links, "the experiment page links each participant's detail page"
+    detail = client.get(links[0]).get_data(as_text=True)
+    assert "the left ones looked &lt;b&gt;grainy&lt;/b&gt;" in detail and "<b>grainy</b>" not in detail
 
 
 def test_expired_counters_are_purged(db, clock) -> None:  # type: ignore[no-untyped-def]
