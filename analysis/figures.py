@@ -151,7 +151,7 @@ def figure_bias_by_image(items: "pd.DataFrame", chance: float, folder: Path) -> 
     """Item level: each image pair's bias over all budgets (Wilson CI), sorted, one panel per trial type."""
     from matplotlib.figure import Figure
 
-    from .items import wilson_ci
+    from .common import wilson_ci
 
     pooled = (items.assign(successes=items["bias"] * items["n_trials"])
               .groupby(["condition", "source"], sort=False)[["successes", "n_trials"]].sum().reset_index())

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 
 import analysis
-from analysis import stats
+from analysis import bias, common, stats
 from analysis.config import AnalysisConfig, ExclusionRules, load_config
 from analysis.data import EXPORT_COLUMNS, load_export
 from analysis.simulation import (conditional_logit, marginal_probability, parse_bias, simulate_export,
@@ -271,9 +271,9 @@ def test_ci_coverage_is_about_95_percent() -> None:
                               n_practice=0, seed=1000 + seed)
         main = sim.kind == 1
         means = np.bincount(sim.participant[main], sim.correct[main]) / np.bincount(sim.participant[main])
-        _, _, low, high = stats._t_ci(means, 0.95)
+        _, _, low, high = common.t_interval(means, 0.95)
         covered += low < truth < high
-        boot_low, boot_high = stats._bootstrap_ci(means, 0.95, 1000, rng)
+        boot_low, boot_high = bias._bootstrap_ci(means, 0.95, 1000, rng)
         covered_boot += boot_low < truth < boot_high
     assert 0.92 <= covered / runs <= 0.975, covered / runs
     assert 0.90 <= covered_boot / runs <= 0.975, covered_boot / runs
