@@ -28,7 +28,7 @@ _EXPORTS = {
     "bias_by_condition": "bias", "mixed_model": "mixed", "side_bias": "checks", "rt_by_eps": "checks",
     "participant_rt": "checks", "catch_accuracy": "checks", "one_sample_tests": "bias",
     "fit_logistic_glmm": "glmm", "GLMMResult": "glmm",
-    "analyze": "report", "run_analysis": "report",
+    "analyze": "report", "run_analysis": "run",
     "contrasts": "effects", "trend": "effects", "cohen_d_ci": "common", "holm": "common", "wilson_ci": "common",
     "bias_by_image": "items", "bias_by_category": "items", "bias_by_half": "items",
     "primary_analysis": "primary", "design_power": "power", "read_observers": "observers",

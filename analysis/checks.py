@@ -52,7 +52,8 @@ def rt_by_eps(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.D
         rows.append({"condition": condition, "eps": eps, "n_participants": len(values),
                      "n_trials": int(group["n_trials"].sum()), "median_rt_ms": mean,
                      "ci_low": low, "ci_high": high, "sd": sd})
-    return sort_table(pd.DataFrame(rows))
+    columns = ["condition", "eps", "n_participants", "n_trials", "median_rt_ms", "ci_low", "ci_high", "sd"]
+    return sort_table(pd.DataFrame(rows, columns=columns))
 
 
 def participant_rt(df: "pd.DataFrame") -> "pd.DataFrame":

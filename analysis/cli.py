@@ -64,7 +64,7 @@ def _eps_list(text: str) -> tuple[int, ...]:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .report import run_analysis
+    from .run import run_analysis
 
     tables = run_analysis(args.export, args.out, args.config, progress=not args.quiet, set_path=args.set,
                           observers=args.observers)

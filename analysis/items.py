@@ -19,7 +19,7 @@ from .config import AnalysisConfig
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-IMAGE_COLUMNS = ("source", "pair_key", "condition", "eps", "n_trials", "bias", "ci_low", "ci_high")
+IMAGE_COLUMNS = ("source", "pair_key", "condition", "eps", "n_trials", "successes", "bias", "ci_low", "ci_high")
 CATEGORY_COLUMNS = ("condition", "question_target", "n_participants", "bias", "ci_low", "ci_high", "t", "dof", "p")
 HALF_COLUMNS = ("condition", "half", "n_participants", "bias", "ci_low", "ci_high", "t", "dof", "p")
 
@@ -28,7 +28,7 @@ def bias_by_image(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "
     """Per image pair (``source``, ``pair_key``), trial type and budget: the share of target choices.
 
     Trials of all kept participants are pooled (each participant sees an image pair
-    about once), with a Wilson interval. Sorted by trial type, budget and bias.
+    about once), with a Wilson interval computed from the counts (``successes`` of ``n_trials``). Sorted by trial type, budget and bias.
     """
     config = config or AnalysisConfig()
     main = main_trials(df).assign(pair_key=lambda d: d["pair_key"].fillna("") if "pair_key" in d else "")
@@ -81,6 +81,8 @@ def bias_by_category(df: "pd.DataFrame", config: AnalysisConfig | None = None) -
     config = config or AnalysisConfig()
     main = main_trials(df)
     rows: list[dict[str, Any]] = []
+    if "question_target" not in main.columns:  # an optional column: without it there is nothing to split by
+        return pd.DataFrame(rows, columns=list(CATEGORY_COLUMNS))
     for condition, data in main.groupby("condition", sort=False):
         means = (data.groupby(["participant", "question_target"], observed=True)["chose_question_target"].mean()
                  .rename("bias").reset_index())
