@@ -89,7 +89,7 @@ def _check_written(out: Path) -> None:
     assert leaked is None, leaked.group(0)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
+@settings(max_examples=24, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
 @given(frame=exports(), lenient=st.booleans(), fmt=st.sampled_from(("csv", "parquet")))
 def test_every_valid_export_gives_a_report(frame: pd.DataFrame, lenient: bool, fmt: str,
