@@ -57,7 +57,7 @@ SIDES: tuple[str, ...] = ("left", "right")
 #: the export's sidecar take these words, so a dataset describes itself wherever it is deposited.
 DESCRIPTIONS: dict[str, str] = {
     "experiment": "The experiment's slug.",
-    "stimulus_set": "The stimulus set's id: the sha256 of its manifest.csv, computed when the experiment imported it.",
+    "stimulus_set": "The stimulus set's id: the sha256 of its manifest file, computed when the experiment imported it.",
     "participant": "advbias's participant id (opaque, random).",
     "prolific_pid": "The PROLIFIC_PID the participant arrived with (empty if none).",
     "study_id": "Prolific's STUDY_ID (empty if none).",

@@ -243,7 +243,7 @@ def write_manifest(where: Path | str, rows: Iterable[Mapping[str, Any]]) -> Path
 
 
 def set_id(setdir: Path | str) -> str:
-    """A stimulus set's id: the sha256 of its ``manifest.csv`` bytes.
+    """A stimulus set's id: the sha256 of its manifest file's bytes.
 
     The manifest names every image by the sha256 of its bytes, so this one digest pins
     the images too; the experiment stores it at import and writes it into the export's

@@ -81,7 +81,7 @@ def run_analysis(path: str | Path, out: str | Path,
 
     ``config``: settings to use instead of the plan stored with the experiment (the
     report then lists each deviation); ``set_path``: the stimulus set (folder or its
-    ``set.json``) for the Methods paragraph, refused when the export names another
+    set description) for the Methods paragraph, refused when the export names another
     set; ``observers``: a stimulus set's ``observers.csv`` (or its folder) to draw
     machine observers beside the people. Returns the tables (name -> DataFrame).
     Files of a previous run in ``out`` are overwritten; nothing else there is touched.
