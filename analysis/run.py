@@ -37,17 +37,23 @@ def load_input(path: Path) -> tuple["pd.DataFrame", dict[str, Any] | None, Path]
     return load_export(path), read_sidecar(path), path
 
 
-def check_set(df: "pd.DataFrame", sidecar: Mapping[str, Any] | None, set_path: Path) -> str:
+def check_set(df: "pd.DataFrame", sidecar: Mapping[str, Any] | None, set_path: Path) -> str | None:
     """The id of the set at ``set_path``; refuses (ValueError naming both) a set the export was not made with."""
     from advbias.manifest import set_id
 
     folder = set_path.parent if set_path.is_file() else set_path
-    given = set_id(folder)
     used = set()
     if "stimulus_set" in df.columns:
         used = {str(v) for v in df["stimulus_set"].dropna().unique() if str(v)}
     if not used and sidecar and sidecar.get("stimulus_set"):
         used = {str(sidecar["stimulus_set"])}
+    try:
+        given = set_id(folder)
+    except FileNotFoundError:
+        if used:  # the export names its set, and nothing here can show that this is it
+            raise ValueError(f"--set {folder} has no manifest, so it cannot be checked against the export's "
+                             f"stimulus set {sorted(used)[0][:16]}") from None
+        return None
     if used and used != {given}:
         raise ValueError(f"--set {folder} is stimulus set {given[:16]}, but the export was made with "
                          f"{', '.join(sorted(u[:16] for u in used))}: give the set the experiment imported")
