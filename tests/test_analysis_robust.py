@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from advbias.cli import main as advbias
@@ -51,6 +51,7 @@ def exports(draw: st.DrawFn) -> pd.DataFrame:
         n_practice=draw(st.integers(0, 2)), incomplete=draw(st.sampled_from((0.0, 0.5))),
         seed=draw(st.integers(0, 10_000)))
     frame.attrs.clear()
+    assume(len(frame) > 0)  # a study nobody answered has no export to analyse
     main = frame["kind"] == "main"
     for _ in range(draw(st.integers(0, 2))):
         what = draw(st.sampled_from(("cell", "image", "type", "everything")))
@@ -85,7 +86,8 @@ def _check_written(out: Path) -> None:
         assert (out / "figures" / f"{name}.png").stat().st_size > 0, name
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Primary analysis" in html
-    leaked = re.search(r".{60}\b(nan|NaN|inf|None)\b.{20}", html.split("Settings and software")[0])
+    text = (out / "report.md").read_text(encoding="utf-8").split("Settings and software")[0]
+    leaked = re.search(r".{0,60}\b(nan|NaN|inf|None)\b.{0,20}", text)
     assert leaked is None, leaked.group(0)
 
 
