@@ -404,7 +404,7 @@ def test_power_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert advbias(["power", "--bias", "0.6", "--trials", "40", "--sims", "200", "--image-sd", "0",
                     "--quiet", "--curve", str(curve)]) == 0
     out = capsys.readouterr().out
-    assert "analytic one-sample t-test" in out and "simulation (ttest" in out  # --test ttest below
+    assert "analytic one-sample t-test" in out and "simulation (glmm" in out  # the declared primary test
     assert set(pd.read_csv(curve).columns) == {"n_participants", "power", "mc_se"}
     with pytest.raises(SystemExit):
         advbias(["power", "--bias", "1.2", "--trials", "40"])
