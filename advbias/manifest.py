@@ -240,3 +240,18 @@ def write_manifest(where: Path | str, rows: Iterable[Mapping[str, Any]]) -> Path
     path = _manifest_file(where)
     atomic_write_text(path, csv_text(sorted(rows, key=row_order), COLUMNS))
     return path
+
+
+def set_id(setdir: Path | str) -> str:
+    """A stimulus set's id: the sha256 of its manifest file's bytes.
+
+    The manifest names every image by the sha256 of its bytes, so this one digest pins
+    the images too; the experiment stores it at import and writes it into the export's
+    ``stimulus_set`` column, and the analysis compares it with ``--set``.
+    """
+    import hashlib
+
+    path = manifest_path(setdir)
+    if not path.is_file():
+        raise FileNotFoundError(f"{setdir} is not a stimulus set: {path.name} is missing")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis import effects, stats
     from analysis.config import AnalysisConfig
     from analysis.data import load_export
-    from analysis.report import run_analysis
+    from analysis.run import run_analysis
     from analysis.simulation import simulate_export
 
     conditions = tuple(args.conditions.split(","))

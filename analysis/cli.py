@@ -64,7 +64,7 @@ def _eps_list(text: str) -> tuple[int, ...]:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .report import run_analysis
+    from .run import run_analysis
 
     tables = run_analysis(args.export, args.out, args.config, progress=not args.quiet, set_path=args.set,
                           observers=args.observers)
@@ -110,6 +110,10 @@ def _power(args: argparse.Namespace) -> int:
     common = dict(participant_sd=participant_sd, image_sd=image_sd, n_images=n_images, sims=args.sims,
                   seed=args.seed, max_participants=args.max_participants, progress=not args.quiet)
     bias = parse_bias(args.bias)
+    if args.test is None:  # the primary test the analysis settings declare (the mixed model unless changed)
+        from .config import load_config
+
+        args.test = "glmm" if load_config(args.config).primary == "mixed_model" else "ttest"
     if args.test == "trend":
         if not isinstance(bias, dict):
             raise ValueError("--test trend needs a bias per budget, e.g. --bias 2:0.52,4:0.55,8:0.58,16:0.62")
@@ -224,10 +228,11 @@ def _add_power(subparsers: argparse._SubParsersAction) -> None:
                        help="SD of image random intercepts, log-odds (0.3)")
     power.add_argument("--images", type=_positive_int, default=50, action=_StoreImages,
                        help="number of source images in the study (50)")
-    power.add_argument("--test", choices=("ttest", "glmm", "trend", "contrast"), default="ttest",
-                       help="the test each simulated study is analysed with: t-test of participant means "
-                            "(default), the mixed model's intercept (the default primary test; generalises over "
-                            "images; slow), the dose-response over budgets, or a paired contrast of two trial types")
+    power.add_argument("--test", choices=("ttest", "glmm", "trend", "contrast"), default=None,
+                       help="the test each simulated study is analysed with; default: the primary test of the "
+                            "analysis settings (--config), the mixed model's intercept unless changed (generalises "
+                            "over images); or the t-test of participant means, the dose-response over budgets, or "
+                            "a paired contrast of two trial types")
     power.add_argument("--pilot", help="a pilot export: take participant/image SDs and image count from its "
                                        "mixed model instead of --participant-sd/--image-sd/--images")
     power.add_argument("--condition", default="targets", help="the pilot condition to use (targets)")

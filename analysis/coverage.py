@@ -21,14 +21,14 @@ import numpy as np
 def _replicate(seed: int, bias: float, args: argparse.Namespace) -> dict[str, float]:
     from .glmm import fit_logistic_glmm
     from .simulation import simulate_trials
-    from .stats import _t_ci
+    from .common import t_interval
 
     sim = simulate_trials(args.participants, args.trials, bias, args.participant_sd, args.image_sd, eps=(8,),
                           n_images=args.images, n_catch=0, n_practice=0, seed=seed)
     main = sim.kind == 1
     participant, source, y = sim.participant[main], sim.source[main], sim.correct[main].astype(float)
     means = np.bincount(participant, y) / np.bincount(participant)
-    _, _, t_low, t_high = _t_ci(means, 0.95)
+    _, _, t_low, t_high = t_interval(means, 0.95)
     cell = participant * args.images + source
     keys, codes = np.unique(cell, return_inverse=True)
     successes, trials = np.bincount(codes, y), np.bincount(codes).astype(float)

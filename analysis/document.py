@@ -27,7 +27,9 @@ def fmt(value: Any, digits: int = 3) -> str:
         if math.isnan(value):
             return ""
         if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
+            return "∞" if value > 0 else "-∞"
+        if abs(value) < 1e-12:  # float noise around zero (e.g. -1.5e-18) is zero to a reader
+            return "0"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.{digits - 1}e}"
         if float(value).is_integer() and abs(value) < 1e5:
@@ -47,6 +49,62 @@ def fmt_p(p: float) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+#: Reader-facing names of the tables' columns (the CSV files keep the short names).
+LABELS = {
+    "condition": "trial type", "eps": "budget", "n_participants": "participants", "n_trials": "trials",
+    "n_obs": "trials", "n_images": "images", "bias": "bias", "t": "t", "dof": "df", "p": "p", "p_holm": "p (Holm)",
+    "cohen_d": "Cohen's d", "cohen_dz": "Cohen's d_z", "bf10": "BF10", "wilcoxon_p": "Wilcoxon p",
+    "wilcoxon_p_holm": "Wilcoxon p (Holm)", "estimate": "estimate", "std_err": "SE", "z": "z",
+    "odds_ratio": "odds ratio", "prob": "probability", "statistic": "statistic", "alternative": "alternative",
+    "scale": "scale", "test": "test", "baseline": "minus", "diff": "difference", "method": "method",
+    "chi2": "chi²", "chi2_df": "chi² df", "slope": "slope per doubling", "n_eps": "budgets", "monotone": "monotone",
+    "n_decreases": "decreases", "sd_slope": "SD of slope", "model": "model", "term": "term", "source": "image",
+    "question_target": "asked category", "half": "half", "p_left": "share 'left'", "median_rt_ms": "median RT (ms)",
+    "sd_participant": "SD participants", "sd_source": "SD images", "deviance": "deviance", "aic": "AIC",
+    "wald_chi2_equal_eps": "Wald chi² (equal budgets)", "wald_df": "Wald df", "wald_p": "Wald p",
+    "singular": "singular", "converged": "converged", "reason": "reason", "successes": "chosen",
+    "participant": "participant", "prolific_pid": "Prolific id", "participant_status": "status",
+    "n_main_trials": "main trials", "catch_accuracy": "catch accuracy", "fast_fraction": "fast share",
+    "not_fullscreen_fraction": "not fullscreen", "blurred_fraction": "blurred", "pair_key": "pair",
+}
+#: Interval columns shown as one ``[low, high]`` cell.
+INTERVALS = (("ci_low", "ci_high", "CI"), ("boot_ci_low", "boot_ci_high", "bootstrap CI"),
+             ("cohen_d_ci_low", "cohen_d_ci_high", "d CI"), ("dz_ci_low", "dz_ci_high", "d_z CI"),
+             ("bias_ci_low", "bias_ci_high", "bias CI"), ("or_ci_low", "or_ci_high", "odds ratio CI"),
+             ("prob_ci_low", "prob_ci_high", "probability CI"))
+_P_COLUMNS = ("p", "p_holm", "wilcoxon_p", "wilcoxon_p_holm", "wald_p")
+
+
+def _p_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def readable(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """The table a reader sees: text cells, intervals as ``[low, high]``, p-values as p, labelled columns."""
+    import pandas as pd
+
+    out: dict[str, list[str]] = {}
+    columns = list(frame.columns)
+    pairs = {low: (high, label) for low, high, label in INTERVALS if low in columns and high in columns}
+    skip = {high for high, _ in pairs.values()}
+    for column in columns:
+        if column in skip:
+            continue
+        values = frame[column].tolist()
+        if column in pairs:
+            high, label = pairs[column]
+            out[label] = ["" if fmt(lo) == "" else f"[{fmt(lo)}, {fmt(hi)}]" for lo, hi in zip(values, frame[high])]
+        elif column in _P_COLUMNS:
+            out[LABELS.get(column, column)] = [_p_cell(v) for v in values]
+        elif column == "dof":  # an infinite df is a normal (z) reference: say so
+            out["df"] = ["z" if isinstance(v, float) and math.isinf(v) else fmt(v) for v in values]
+        else:
+            out[LABELS.get(column, column)] = [fmt(v) for v in values]
+    return pd.DataFrame(out, index=range(len(frame)), dtype="object")
 
 
 def _markdown_table(frame: "pd.DataFrame") -> str:
@@ -122,6 +180,8 @@ class Doc:
         self.html.append("<ul>" + "".join(f"<li>{i}</li>" for i in rendered) + "</ul>")
 
     def table(self, frame: "pd.DataFrame", csv_name: str | None = None) -> None:
+        """A readable view of ``frame`` (:func:`readable`), with a link to the full CSV."""
+        frame = readable(frame)
         self.md.append(_markdown_table(frame) + "\n")
         self.html.append(_html_table(frame))
         if csv_name:

@@ -11,10 +11,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 
 from advbias.trials import MAIN_TRIAL_TYPES
 
+from .common import cohen_d_ci, holm, main_trials
 from .config import AnalysisConfig
 from .glmm import fit_logistic_glmm
 
@@ -27,34 +28,6 @@ CONTRAST_COLUMNS = ("condition", "baseline", "eps", "n_participants", "diff", "c
                     "p_holm", "method", "scale", "cohen_dz", "dz_ci_low", "dz_ci_high", "chi2", "chi2_df", "note")
 TREND_COLUMNS = ("condition", "slope", "ci_low", "ci_high", "z", "p", "model", "n_participants", "n_eps",
                  "monotone", "n_decreases", "sd_slope", "note")
-
-
-def cohen_d_ci(t: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact CI of a one-sample (or paired) Cohen's d = t / sqrt(n), by inverting the noncentral t.
-
-    The limits are the noncentrality parameters whose noncentral t distribution
-    (n - 1 degrees of freedom) puts ``t`` at its upper and lower ``(1 - level) / 2``
-    quantile, divided by ``sqrt(n)`` (Steiger & Fouladi 1997).
-    """
-    if n < 2 or not np.isfinite(t):
-        return math.nan, math.nan
-    df, tail = n - 1, (1.0 - level) / 2.0
-
-    def solve(target: float) -> float:
-        # cdf(t; nc) falls as nc grows: widen a bracket around t until it holds the root.
-        f = lambda nc: float(stats.nct.cdf(t, df, nc)) - target  # noqa: E731
-        lo, hi, width = t - 1.0, t + 1.0, 1.0
-        for _ in range(40):
-            f_lo, f_hi = f(lo), f(hi)
-            if not (np.isfinite(f_lo) and np.isfinite(f_hi)):
-                return math.nan
-            if f_lo >= 0 >= f_hi:
-                return float(optimize.brentq(f, lo, hi, xtol=1e-10))
-            width *= 2.0
-            lo, hi = (lo - width, hi) if f_lo < 0 else (lo, hi + width)
-        return math.nan
-
-    return solve(1.0 - tail) / math.sqrt(n), solve(tail) / math.sqrt(n)
 
 
 def _pairs(conditions: list[str]) -> list[tuple[str, str]]:
@@ -81,8 +54,6 @@ def _paired_row(a: "pd.Series", b: "pd.Series", level: float) -> dict[str, Any]:
 
 
 def _paired_contrasts(main: "pd.DataFrame", a: str, b: str, level: float) -> list[dict[str, Any]]:
-    from .stats import _holm
-
     cells = main.groupby(["participant", "condition", "eps"], observed=True)["chose_question_target"].mean()
     pooled = main.groupby(["participant", "condition"], observed=True)["chose_question_target"].mean()
     rows = []
@@ -90,7 +61,7 @@ def _paired_contrasts(main: "pd.DataFrame", a: str, b: str, level: float) -> lis
     for eps in levels:
         rows.append({"condition": a, "baseline": b, "eps": str(int(eps)),
                      **_paired_row(cells.xs((a, eps), level=(1, 2)), cells.xs((b, eps), level=(1, 2)), level)})
-    adjusted = _holm(np.array([r.get("p", math.nan) for r in rows]))
+    adjusted = holm(np.array([r.get("p", math.nan) for r in rows]))
     for row, p in zip(rows, adjusted):
         row["p_holm"] = p
     rows.append({"condition": a, "baseline": b, "eps": "all",
@@ -118,9 +89,7 @@ def _glmm_contrasts(main: "pd.DataFrame", a: str, b: str, config: AnalysisConfig
     k = len(levels)
     L = np.hstack([np.eye(k), -np.eye(k)])  # per-budget differences a - b
     rows = [{**base, "eps": str(int(e)), **_wald(L[i], fit, config.ci_level)} for i, e in enumerate(levels)]
-    from .stats import _holm
-
-    for row, p in zip(rows, _holm(np.array([r["p"] for r in rows]))):
+    for row, p in zip(rows, holm(np.array([r["p"] for r in rows]))):
         row["p_holm"] = p
     rows.append({**base, "eps": "all", **_wald(L.mean(axis=0), fit, config.ci_level)})
     if k > 1:
@@ -158,10 +127,8 @@ def contrasts(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.D
     """
     import pandas as pd
 
-    from .stats import _holm, _main
-
     config = config or AnalysisConfig()
-    main = _main(df)
+    main = main_trials(df)
     rows: list[dict[str, Any]] = []
     for a, b in _pairs(list(main["condition"].unique())):
         rows += _paired_contrasts(main, a, b, config.ci_level)
@@ -170,7 +137,7 @@ def contrasts(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.D
     out = pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
     for method in ("paired t", "glmm"):
         pooled = (out["method"] == method) & (out["eps"] == "all")
-        out.loc[pooled, "p_holm"] = _holm(out.loc[pooled, "p"].to_numpy(float))
+        out.loc[pooled, "p_holm"] = holm(out.loc[pooled, "p"].to_numpy(float))
     return out
 
 
@@ -193,10 +160,8 @@ def trend(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.DataF
     """
     import pandas as pd
 
-    from .stats import _main
-
     config = config or AnalysisConfig()
-    main = _main(df)
+    main = main_trials(df)
     rows = []
     for condition in [c for c in ORDER if c in set(main["condition"])]:
         data = main[main["condition"] == condition]

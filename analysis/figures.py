@@ -30,12 +30,22 @@ def _save(fig: Any, folder: Path, name: str) -> dict[str, Path]:
     return paths
 
 
+def _error_bars(y: np.ndarray, low: "pd.Series", high: "pd.Series") -> np.ndarray:
+    """Error-bar lengths below and above each estimate: the estimate clipped into its interval first.
+
+    No interval (one participant, no variability) draws no bar rather than failing the figure.
+    """
+    low_a, high_a = low.to_numpy(float), high.to_numpy(float)
+    inside = np.clip(y, np.fmin(low_a, y), np.fmax(high_a, y))
+    return np.nan_to_num(np.vstack([inside - low_a, high_a - inside]), nan=0.0).clip(min=0.0)
+
+
 def _eps_axis(ax: Any, levels: list[int]) -> dict[int, float]:
     positions = {e: float(i) for i, e in enumerate(levels)}
     ax.set_xticks(list(positions.values()))
     ax.set_xticklabels([str(e) for e in levels])
     ax.set_xlabel("perturbation budget eps (8-bit levels, L-inf)")
-    ax.set_xlim(-0.5, len(levels) - 0.5)
+    ax.set_xlim(-0.5, max(len(levels), 1) - 0.5)
     return positions
 
 
@@ -78,8 +88,7 @@ def figure_bias_by_eps(table: "pd.DataFrame", chance: float, folder: Path,
         shift = (i - (len(conditions) - 1) / 2) * width
         x = np.array([positions[int(e)] + shift for e in rows["eps"]])
         y = rows["bias"].to_numpy(float)
-        err = np.vstack([y - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - y])
-        ax.errorbar(x, y, yerr=np.nan_to_num(err), marker="o", capsize=3, lw=1.5,
+        ax.errorbar(x, y, yerr=_error_bars(y, rows["ci_low"], rows["ci_high"]), marker="o", capsize=3, lw=1.5,
                     color=_COLORS.get(condition), label=_CONDITION_LABELS.get(condition, condition)
                     + (" (people)" if observers is not None else ""))
     if observers is not None:
@@ -130,17 +139,19 @@ def figure_rt_by_eps(table: "pd.DataFrame", folder: Path) -> dict[str, Path]:
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.add_subplot()
     positions = _eps_axis(ax, levels)
+    if table.empty:
+        ax.text(0.5, 0.5, "no response times recorded", ha="center", va="center", transform=ax.transAxes)
     for i, condition in enumerate(conditions):
         rows = table[table["condition"] == condition]
         shift = (i - (len(conditions) - 1) / 2) * 0.12
         x = np.array([positions[int(e)] + shift for e in rows["eps"]])
         y = rows["median_rt_ms"].to_numpy(float)
-        err = np.vstack([y - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - y])
-        ax.errorbar(x, y, yerr=np.nan_to_num(err), marker="s", capsize=3, lw=1.2,
+        ax.errorbar(x, y, yerr=_error_bars(y, rows["ci_low"], rows["ci_high"]), marker="s", capsize=3, lw=1.2,
                     color=_COLORS.get(condition), label=_CONDITION_LABELS.get(condition, condition))
     ax.set_ylabel("response time (ms, mean of participant medians)")
     ax.set_title("Response time by budget (95% CI)")
-    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if not table.empty:
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, folder, "rt_by_eps")
 
@@ -151,10 +162,10 @@ def figure_bias_by_image(items: "pd.DataFrame", chance: float, folder: Path) -> 
     """Item level: each image pair's bias over all budgets (Wilson CI), sorted, one panel per trial type."""
     from matplotlib.figure import Figure
 
-    from .items import wilson_ci
+    from .common import wilson_ci
 
-    pooled = (items.assign(successes=items["bias"] * items["n_trials"])
-              .groupby(["condition", "source"], sort=False)[["successes", "n_trials"]].sum().reset_index())
+    # Intervals from the integer counts, never from a float share: an image chosen every time sits exactly at 1.
+    pooled = (items.groupby(["condition", "source"], sort=False)[["successes", "n_trials"]].sum().reset_index())
     pooled["bias"] = pooled["successes"] / pooled["n_trials"]
     pooled["ci_low"], pooled["ci_high"] = wilson_ci(pooled["successes"].to_numpy(), pooled["n_trials"].to_numpy())
     conditions = list(dict.fromkeys(pooled["condition"]))
@@ -163,8 +174,8 @@ def figure_bias_by_image(items: "pd.DataFrame", chance: float, folder: Path) -> 
     for ax, condition in zip(axes, conditions):
         rows = pooled[pooled["condition"] == condition].sort_values("bias").reset_index(drop=True)
         y = rows["bias"].to_numpy(float)
-        err = np.vstack([y - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - y])
-        ax.errorbar(np.arange(len(rows)), y, yerr=err, fmt="o", ms=3, lw=0.8, capsize=0,
+        ax.errorbar(np.arange(len(rows)), y, yerr=_error_bars(y, rows["ci_low"], rows["ci_high"]), fmt="o", ms=3,
+                    lw=0.8, capsize=0,
                     color=_COLORS.get(condition, "C0"))
         ax.axhline(chance, color="0.3", ls="--", lw=1)
         ax.set_title(_CONDITION_LABELS.get(condition, condition), fontsize=9)

@@ -13,42 +13,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
+from .common import main_trials, sort_table, wilson_ci
 from .config import AnalysisConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-IMAGE_COLUMNS = ("source", "pair_key", "condition", "eps", "n_trials", "bias", "ci_low", "ci_high")
+IMAGE_COLUMNS = ("source", "pair_key", "condition", "eps", "n_trials", "successes", "bias", "ci_low", "ci_high")
 CATEGORY_COLUMNS = ("condition", "question_target", "n_participants", "bias", "ci_low", "ci_high", "t", "dof", "p")
 HALF_COLUMNS = ("condition", "half", "n_participants", "bias", "ci_low", "ci_high", "t", "dof", "p")
-
-
-def wilson_ci(successes: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion (good coverage at the few trials an image gets)."""
-    z = stats.norm.ppf(0.5 + level / 2.0)
-    n = np.asarray(n, dtype=float)
-    p = np.asarray(successes, dtype=float) / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def bias_by_image(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.DataFrame":
     """Per image pair (``source``, ``pair_key``), trial type and budget: the share of target choices.
 
     Trials of all kept participants are pooled (each participant sees an image pair
-    about once), with a Wilson interval. Sorted by trial type, budget and bias.
+    about once), with a Wilson interval computed from the counts (``successes`` of ``n_trials``). Sorted by trial type, budget and bias.
     """
-    from .stats import _main, _sort
-
     config = config or AnalysisConfig()
-    main = _main(df).assign(pair_key=lambda d: d["pair_key"].fillna("") if "pair_key" in d else "")
+    main = main_trials(df).assign(pair_key=lambda d: d["pair_key"].fillna("") if "pair_key" in d else "")
     out = (main.groupby(["source", "pair_key", "condition", "eps"], observed=True)["chose_question_target"]
            .agg(n_trials="size", successes="sum").reset_index())
     out["bias"] = out["successes"] / out["n_trials"]
     out["ci_low"], out["ci_high"] = wilson_ci(out["successes"].to_numpy(), out["n_trials"].to_numpy(),
                                               config.ci_level)
-    out = _sort(out, ["condition", "eps", "bias"])
+    out = sort_table(out, ["condition", "eps", "bias"])
     return out[list(IMAGE_COLUMNS)]
 
 
@@ -89,11 +78,11 @@ def bias_by_category(df: "pd.DataFrame", config: AnalysisConfig | None = None) -
     """
     import pandas as pd
 
-    from .stats import _main, _sort
-
     config = config or AnalysisConfig()
-    main = _main(df)
+    main = main_trials(df)
     rows: list[dict[str, Any]] = []
+    if "question_target" not in main.columns:  # an optional column: without it there is nothing to split by
+        return pd.DataFrame(rows, columns=list(CATEGORY_COLUMNS))
     for condition, data in main.groupby("condition", sort=False):
         means = (data.groupby(["participant", "question_target"], observed=True)["chose_question_target"].mean()
                  .rename("bias").reset_index())
@@ -106,7 +95,7 @@ def bias_by_category(df: "pd.DataFrame", config: AnalysisConfig | None = None) -
                 values = means.loc[means["question_target"] == category, "bias"].to_numpy(float)
                 rows.append({"condition": condition, "question_target": category,
                              **_t_row(values, config.ci_level, config.chance)})
-    return _sort(pd.DataFrame(rows, columns=list(CATEGORY_COLUMNS)), ["condition"])
+    return sort_table(pd.DataFrame(rows, columns=list(CATEGORY_COLUMNS)), ["condition"])
 
 
 def bias_by_half(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "pd.DataFrame":
@@ -118,10 +107,8 @@ def bias_by_half(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "p
     """
     import pandas as pd
 
-    from .stats import _main, _sort
-
     config = config or AnalysisConfig()
-    main = _main(df).sort_values(["participant", "trial_index"])
+    main = main_trials(df).sort_values(["participant", "trial_index"])
     position = main.groupby("participant").cumcount()
     size = main.groupby("participant")["trial_index"].transform("size")
     main = main.assign(half=np.where(position < size // 2, "first", "second"))
@@ -129,4 +116,4 @@ def bias_by_half(df: "pd.DataFrame", config: AnalysisConfig | None = None) -> "p
     for condition, data in main.groupby("condition", sort=False):
         means = (data.groupby(["participant", "half"])["chose_question_target"].mean().rename("bias").reset_index())
         rows += _split_rows(means, condition, "half", "first", "second", "second - first", config)
-    return _sort(pd.DataFrame(rows, columns=list(HALF_COLUMNS)), ["condition"])
+    return sort_table(pd.DataFrame(rows, columns=list(HALF_COLUMNS)), ["condition"])

@@ -46,9 +46,21 @@ class PowerResult:
     curve: "pd.DataFrame"
     description: str = ""
 
+    @property
+    def false_positive_ok(self) -> bool:
+        """Whether the simulated false-positive rate at the recommended size is within Monte Carlo error of alpha."""
+        if not np.isfinite(self.false_positive_rate):
+            return True
+        return self.false_positive_rate <= self.alpha + math.sqrt(self.alpha * (1 - self.alpha) / self.sims)
+
     def summary(self) -> str:
-        """A few lines for the terminal."""
-        lines = [self.description] if self.description else [
+        """A few lines for the terminal; the first one flags a size the test cannot support."""
+        lines = [] if self.false_positive_ok else [
+            f"NOT RECOMMENDED: at {self.n_simulation} participants the {self.test} rejects a true null in "
+            f"{self.false_positive_rate:.3f} of simulated studies, above alpha {self.alpha:g} by more than its Monte "
+            f"Carlo error ({math.sqrt(self.alpha * (1 - self.alpha) / self.sims):.3f}): its power is not real. "
+            + ("Use the mixed model (--test glmm), which generalises over images." if self.test == "ttest" else "")]
+        lines += [self.description] if self.description else [
             f"true bias {self.bias:g} (chance 0.5), {self.n_trials} main trials per participant, "
             f"{self.n_images} images; participant SD {self.participant_sd:g}, image SD {self.image_sd:g} (log-odds)"]
         lines += [
@@ -127,14 +139,22 @@ def rejection_rate(rng: np.random.Generator, n: int, sims: int, n_trials: int, b
         if test == "ttest":
             p = ttest_p(successes.sum(axis=-1) / n_trials)
         else:
-            p = np.array([_glmm_p(successes[i], counts[i]) for i in range(b)])
+            from .glmm_batch import primary_p
+
+            p = primary_p(successes, counts)
         rejected += int(np.sum(p < alpha))
         done += b
     return rejected / sims
 
 
-def smallest_n(rate: Callable[[int], float], power: float, start: int, max_participants: int) -> int | None:
-    """The smallest ``n`` with ``rate(n) >= power`` (bracket upwards by 1.5x, then bisect); None if not reached."""
+def smallest_n(rate: Callable[[int], float], power: float, start: int, max_participants: int,
+               tolerance: float = 0.0) -> int | None:
+    """The smallest ``n`` with ``rate(n) >= power`` (bracket upwards by 1.5x, then bisect); None if not reached.
+
+    With ``tolerance`` the bisection stops once the bracket is within that share of its
+    upper end; the answer is still a size whose simulated power reached the target
+    (at most ``tolerance`` larger than needed), found with fewer sizes simulated.
+    """
     lo, n, hi = 2, start, None
     while True:
         if rate(n) >= power:
@@ -154,13 +174,31 @@ def smallest_n(rate: Callable[[int], float], power: float, start: int, max_parti
         else:
             lo = smaller
             break
-    while hi - lo > 1:
+    while hi - lo > max(1, int(tolerance * hi)):
         mid = (lo + hi) // 2
         if rate(mid) >= power:
             hi = mid
         else:
             lo = mid
     return hi
+
+
+def glmm_guess(beta: float, n_trials: int, participant_sd: float, image_sd: float, n_images: int, alpha: float,
+               power: float, max_participants: int) -> int:
+    """A starting size for the mixed model's search, from the normal approximation of its intercept's variance.
+
+    ``var(intercept) ~ (participant_sd^2 + 1 / (n_trials v)) / n + image_sd^2 / n_images`` with
+    ``v = p (1 - p)`` at the intercept: the image term does not shrink with more participants, so
+    a study with few images may never reach the power (the guess is then the largest size).
+    """
+    from scipy import stats
+
+    p = 1.0 / (1.0 + math.exp(-beta))
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    room = (beta / z) ** 2 - image_sd ** 2 / n_images
+    if room <= 0:
+        return max_participants
+    return int(min(max_participants, max(3, math.ceil((participant_sd ** 2 + 1 / (n_trials * p * (1 - p))) / room))))
 
 
 def _check(bias: float, n_trials: int, n_images: int, sims: int, alpha: float, power: float, test: str) -> None:
@@ -235,7 +273,11 @@ def power_analysis(
             bar.set_postfix(n=n, power=f"{evaluated[n]:.3f}")
         return evaluated[n]
 
-    hi = smallest_n(rate, power, min(max(3, n_analytic or 10), max_participants), max_participants)
+    if test == "glmm":  # each size costs seconds: start near the answer and stop within 2% of it
+        start = glmm_guess(beta, n_trials, participant_sd, image_sd, n_images, alpha, power, max_participants)
+        hi = smallest_n(rate, power, start, max_participants, tolerance=0.02)
+    else:
+        hi = smallest_n(rate, power, min(max(3, n_analytic or 10), max_participants), max_participants)
     bar.close()
     false_positive = math.nan
     if hi is not None:

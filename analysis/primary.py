@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import stats
 
+from .common import holm
 from .config import AnalysisConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,13 +90,11 @@ def primary_analysis(tables: dict[str, "pd.DataFrame"], config: AnalysisConfig) 
     """
     import pandas as pd
 
-    from .stats import _holm
-
     use_glmm = config.primary == "mixed_model" and "mixed_model" in tables
     rows = _glmm_rows(tables["mixed_model"], config) if use_glmm else _ttest_rows(tables["bias_by_condition"], config)
     out = pd.DataFrame(rows, columns=list(PRIMARY_COLUMNS))
     out["alternative"] = config.alternative
-    out["p_holm"] = _holm(out["p"].to_numpy(float))
+    out["p_holm"] = holm(out["p"].to_numpy(float))
     if config.primary == "mixed_model" and not use_glmm:
         out["note"] = "mixed models switched off ([analysis] mixed_model = false): the t-test is reported"
     return out

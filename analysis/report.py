@@ -23,6 +23,7 @@
     participants.csv        every participant: status, catch accuracy, fast/fullscreen/blur/server-timing checks
     side_bias.csv           share of "left" answers vs 0.5
     rt_by_eps.csv           participant median RTs by condition x eps
+    warnings.csv            plain-language warnings: estimates not available and why (also on stderr)
     provenance.json         input checksum, settings, software versions
     figures/*.png|svg       bias vs budget (with machines), per participant, per image, RT by budget
 """
@@ -34,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from advbias.errors import CLIError
 from advbias.setdir import SET_JSON_NAME
 from advbias.trials import MAIN_TRIAL_TYPES as ORDER
 
@@ -43,6 +45,14 @@ from .figures import CONDITION_LABELS
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+
+
+class NothingLeftError(CLIError, ValueError):
+    """The exclusions left no main trial: the partial tables say who was excluded by which rule."""
+
+    def __init__(self, message: str, tables: Mapping[str, "pd.DataFrame"]) -> None:
+        super().__init__(message)
+        self.tables = dict(tables)
 
 
 # --------------------------------------------------------------------------- the tables
@@ -65,8 +75,9 @@ def analyze(df: "pd.DataFrame", config: AnalysisConfig | Mapping[str, Any] | str
         "exclusion_counts": stats.exclusion_counts(summary, kept.attrs.get("rt_excluded_trials", 0)),
     }
     bar.update()
-    if not (kept["kind"] == "main").any():
-        raise ValueError("no main trials left after exclusions: check the export and the [exclusions] settings")
+    if not ((kept["kind"] == "main") & (kept["condition"] != "catch")).any():
+        bar.close()
+        raise NothingLeftError("no main trials left after exclusions", tables)
     tables["participant_bias"] = stats.participant_means(kept)
     tables["bias_by_eps"] = stats.bias_by_eps(kept, config)
     tables["bias_by_condition"] = stats.bias_by_condition(kept, config)
@@ -93,6 +104,9 @@ def analyze(df: "pd.DataFrame", config: AnalysisConfig | Mapping[str, Any] | str
     from .model_sets import model_set_tables
 
     tables.update(model_set_tables(kept, config, observers))
+    from .caveats import caveats
+
+    tables["warnings"] = caveats(tables)
     bar.close()
     return tables
 
@@ -102,17 +116,19 @@ def _level(config: AnalysisConfig) -> int:
     return int(round(config.ci_level * 100))
 
 
-def _primary_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig) -> None:
+def _primary_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig, registration: str) -> None:
     primary = tables["primary"]
     doc.heading("Primary analysis")
     sided = "one-sided (bias above chance)" if config.alternative == "greater" else "two-sided"
-    doc.para(f"Declared in the settings before the data were seen (`[analysis] primary = \"{config.primary}\"`, "
+    doc.para(registration)
+    doc.para(f"The declared test (`[analysis] primary = \"{config.primary}\"`, "
              f"`alternative = \"{config.alternative}\"`): the overall bias of each trial type by the "
              f"{primary['test'].iloc[0] if len(primary) else config.primary}, {sided}, with Holm's correction over "
-             f"the {len(primary)} trial type(s). `estimate` is on the `scale` shown; `bias` is the same on the "
-             f"probability scale (for the mixed model: a typical participant and image).")
-    doc.table(primary[["condition", "test", "alternative", "estimate", "ci_low", "ci_high", "scale", "statistic",
-                       "p", "p_holm", "bias", "bias_ci_low", "bias_ci_high", "n_participants"]], "primary.csv")
+             f"the {len(primary)} trial type(s). The estimate is on the {primary['scale'].iloc[0] if len(primary) else ''} "
+             f"scale; bias is the same on the probability scale (for the mixed model: a typical participant and "
+             f"image).")
+    doc.table(primary[["condition", "estimate", "ci_low", "ci_high", "statistic", "dof", "p", "p_holm", "bias",
+                       "bias_ci_low", "bias_ci_high", "n_participants"]], "primary.csv")
     for note in primary["note"].dropna().unique():
         doc.para(f"Note: {note}.", note=True)
 
@@ -121,23 +137,29 @@ def _headlines(tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig) -> 
     level = _level(config)
     lines = []
     for row in tables["bias_by_condition"].itertuples(index=False):
-        lines.append(f"**{row.condition}** ({CONDITION_LABELS.get(row.condition, row.condition)}): bias "
-                     f"{row.bias:.3f}, {level}% CI [{row.ci_low:.3f}, {row.ci_high:.3f}] over "
-                     f"{row.n_participants} participants and {row.n_trials} trials; t({fmt(row.dof)}) = {row.t:.2f}, "
-                     f"p {fmt_p(row.p)}, d = {row.cohen_d:.2f} [{fmt(row.cohen_d_ci_low)}, "
-                     f"{fmt(row.cohen_d_ci_high)}], BF10 = {fmt(row.bf10)}.")
+        text = (f"**{row.condition}** ({CONDITION_LABELS.get(row.condition, row.condition)}): bias {row.bias:.3f} over "
+                f"{row.n_participants} participant(s) and {row.n_trials} trials")
+        if row.ci_low == row.ci_low:  # an interval needs two participants
+            text += f", {level}% CI [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+        if row.t == row.t:
+            text += (f"; t({fmt(row.dof)}) = {row.t:.2f}, p {fmt_p(row.p)}, d = {row.cohen_d:.2f} "
+                     f"[{fmt(row.cohen_d_ci_low)}, {fmt(row.cohen_d_ci_high)}], BF10 = {fmt(row.bf10)}.")
+        else:
+            text += ("; no t-test (one participant)." if row.n_participants < 2 else
+                     "; no t-test (every participant has the same bias).")
+        lines.append(text)
     return lines
 
 
 def _writeup_section(doc: Doc, df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig,
-                     set_info: Mapping[str, Any] | None) -> None:
+                     set_info: Mapping[str, Any] | None, context: Mapping[str, Any]) -> None:
     from .writeup import methods, results
 
     doc.heading("Methods and Results (ready to paste)")
     doc.para(f"Generated from the stimulus set's {SET_JSON_NAME}, the export and the tables of this report; every number "
              "is the one in the tables.", note=True)
     doc.heading("Methods", level=3)
-    for paragraph in methods(df, tables, config, set_info):
+    for paragraph in methods(df, tables, config, set_info, context):
         doc.para(paragraph)
     doc.heading("Results", level=3)
     for paragraph in results(tables, config):
@@ -181,14 +203,14 @@ def _bias_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: Analys
              f"t-test against {config.chance:g} (Cohen's d with its exact {level}% CI from the noncentral t, JZS "
              f"Bayes factor BF10 with r = 0.707), a Wilcoxon signed-rank test, and Holm's correction across the "
              f"budgets of each condition.")
-    view = tables["bias_by_eps"][["condition", "eps", "n_participants", "n_trials", "bias", "ci_low", "ci_high",
-                                  "boot_ci_low", "boot_ci_high", "t", "dof", "p", "p_holm", "cohen_d",
-                                  "cohen_d_ci_low", "cohen_d_ci_high", "bf10", "wilcoxon_p", "wilcoxon_p_holm"]]
+    view = tables["bias_by_eps"][["condition", "eps", "n_participants", "bias", "ci_low", "ci_high", "t", "dof",
+                                  "p_holm", "cohen_d", "bf10", "wilcoxon_p_holm"]]
     doc.table(view, "bias_by_eps.csv")
+    doc.para("The full table adds the trial counts, the bootstrap interval, uncorrected p-values and the interval "
+             "of Cohen's d.", note=True)
     doc.para("All budgets together (participant means over every main trial of the condition):")
     doc.table(tables["bias_by_condition"][["condition", "n_participants", "n_trials", "bias", "ci_low", "ci_high",
-                                           "t", "dof", "p", "cohen_d", "cohen_d_ci_low", "cohen_d_ci_high", "bf10",
-                                           "wilcoxon_p"]], "bias_by_condition.csv")
+                                           "t", "dof", "p", "cohen_d", "bf10"]], "bias_by_condition.csv")
     doc.figure(figures["participants"], "Per-participant bias by budget (points: participants; boxes: quartiles).")
 
 
@@ -201,7 +223,8 @@ def _effects_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: Ana
              "the `interaction` row is the Wald test that the difference is the same at every budget.")
     contrasts = tables["contrasts"]
     if len(contrasts):
-        doc.table(contrasts.drop(columns=["note"]), "contrasts.csv")
+        doc.table(contrasts[["condition", "baseline", "eps", "method", "n_participants", "diff", "ci_low", "ci_high",
+                             "t", "dof", "p_holm", "cohen_dz", "chi2", "chi2_df"]], "contrasts.csv")
     else:
         doc.para("Only one trial type in the export: no contrasts.", note=True)
     doc.heading("Dose-response")
@@ -210,7 +233,8 @@ def _effects_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: Ana
         if config.random_slope else "random intercepts for participants and images"
     doc.para(f"Per trial type, `y ~ 1 + log2(eps)` with {random_slope}: `slope` is the change in log-odds per "
              "doubling of the budget. `monotone`: the cell means never decrease from one budget to the next.")
-    doc.table(trend.drop(columns=["note"]), "trend.csv")
+    doc.table(trend[["condition", "slope", "ci_low", "ci_high", "z", "p", "n_participants", "n_eps", "monotone",
+                     "n_decreases"]], "trend.csv")
     for row in trend[trend["note"].notna()].itertuples(index=False):
         doc.para(f"Note: {row.condition}: {row.note}.", note=True)
 
@@ -222,7 +246,8 @@ def _items_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], figures: Mapp
     items = tables["bias_by_image"]
     doc.para(f"{items['source'].nunique()} images; the 10 lowest and 10 highest image x budget cells of the first "
              f"trial type:", note=True)
-    first = items[items["condition"] == items["condition"].iloc[0]].sort_values("bias")
+    first = items[items["condition"] == items["condition"].iloc[0]].sort_values("bias")[
+        ["source", "condition", "eps", "n_trials", "successes", "bias", "ci_low", "ci_high"]]
     doc.table(first.head(10) if len(first) <= 20 else first.iloc[list(range(10)) + list(range(-10, 0))],
               "bias_by_image.csv")
     doc.para("By asked category (mean of participant means; the difference row is paired, tested against 0):")
@@ -242,8 +267,8 @@ def _mixed_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: Analy
              "with a Jeffreys prior on that term alone and marked in `note`; the other budgets keep their maximum "
              "likelihood estimates.")
     mm = tables["mixed_model"]
-    fixed = mm[mm["effect"] == "fixed"][["condition", "model", "term", "estimate", "std_err", "z", "p", "p_holm",
-                                         "ci_low", "ci_high", "odds_ratio", "or_ci_low", "or_ci_high", "prob"]]
+    fixed = mm[mm["effect"] == "fixed"].reindex(columns=["condition", "model", "term", "estimate", "std_err", "z",
+                                                         "p_holm", "ci_low", "ci_high", "odds_ratio", "prob"])
     doc.table(fixed, "mixed_model.csv")
     fits = tables["mixed_model_fits"]
     cols = [c for c in ("condition", "model", "n_obs", "n_participants", "n_images", "sd_participant", "sd_source",
@@ -280,9 +305,10 @@ def _checks_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"], config: Anal
     doc.figure(figures["rt"], f"Response time by budget ({_level(config)}% CIs).")
 
 
-# --------------------------------------------------------------------------- the command
-def _figures(tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig, folder: Path,
-             observers: "pd.DataFrame | None") -> dict[str, Any]:
+# --------------------------------------------------------------------------- the document
+def figures_for(tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig, folder: Path,
+                observers: "pd.DataFrame | None") -> dict[str, Any]:
+    """Every figure of the report, written into ``folder``."""
     from . import figures
 
     return {
@@ -293,64 +319,32 @@ def _figures(tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig, folde
     }
 
 
-def run_analysis(path: str | Path, out: str | Path,
-                 config: AnalysisConfig | Mapping[str, Any] | str | Path | None = None,
-                 progress: bool = False, *, set_path: str | Path | None = None,
-                 observers: str | Path | None = None) -> dict[str, "pd.DataFrame"]:
-    """Analyse the export at ``path`` and write tables, figures and the report into ``out``.
-
-    ``set_path``: the stimulus set (folder or its ``set.json``) for the Methods
-    paragraph; ``observers``: a stimulus set's ``observers.csv`` (or its folder) to
-    draw machine observers beside the people. Returns the tables (name ->
-    DataFrame). Files of a previous run in ``out`` are overwritten; nothing else
-    there is touched.
-    """
-    from .data import load_export
-    from .observers import read_observers
-    from .writeup import read_set
-
-    started = time.perf_counter()
-    path, out = Path(path), Path(out)
-    config = as_config(config)
-    df = load_export(path)
-    set_info = read_set(set_path) if set_path is not None else None
-    machine = read_observers(observers) if observers is not None else None
-    tables = analyze(df, config, progress=progress, observers=machine)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, table in tables.items():
-        table.to_csv(out / f"{name}.csv", index=False)
-    figures = _figures(tables, config, out / "figures", machine)
-    provenance = {
-        "input": path.name, "input_sha256": sha256(path), "input_rows": int(len(df)),
-        "experiments": sorted(map(str, df["experiment"].dropna().unique())) if "experiment" in df else [],
-        "set": str(set_path) if set_path is not None else None,
-        "observers": str(observers) if observers is not None else None,
-        "settings": config.to_dict(), "versions": versions(),
-        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    _write_report(out, df, tables, config, figures, provenance, set_info)
-    provenance["seconds"] = round(time.perf_counter() - started, 3)
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True), encoding="utf-8")
-    return tables
+def _warnings_section(doc: Doc, tables: Mapping[str, "pd.DataFrame"]) -> None:
+    found = tables.get("warnings")
+    if found is None or not len(found):
+        return
+    doc.heading("Warnings")
+    doc.bullets(list(found["warning"]))
 
 
-def _write_report(out: Path, df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig,
-                  figures: Mapping[str, Any], provenance: Mapping[str, Any], set_info: Mapping[str, Any] | None) -> None:
+def write_report(out: Path, df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig,
+                 figures: Mapping[str, Any], provenance: Mapping[str, Any], set_info: Mapping[str, Any] | None,
+                 context: Mapping[str, Any]) -> None:
+    """report.md and report.html; ``context``: the registration statement and the design, for the Methods."""
     doc = Doc(out)
     summary = tables["participants"]
     doc.para(f"Input `{provenance['input']}` (sha256 `{provenance['input_sha256'][:16]}…`, {len(df)} rows, "
              f"{len(summary)} participants; {int((~summary['excluded']).sum())} kept after exclusions). Bias is the "
              f"share of main trials on which the participant chose the image perturbed toward the asked category; "
              f"chance is {config.chance:g}.", note=True)
-    _primary_section(doc, tables, config)
+    _warnings_section(doc, tables)
+    _primary_section(doc, tables, config, context["registration"])
     doc.heading("Summary")
     doc.bullets(_headlines(tables, config))
     doc.figure(figures["bias"], f"Bias by budget per condition: mean of participant means with {_level(config)}% "
                                 f"t-CIs; dashed line: chance" + ("; machine observers dashed with crosses."
                                                                 if "human_vs_machine" in tables else "."))
-    _writeup_section(doc, df, tables, config, set_info)
+    _writeup_section(doc, df, tables, config, set_info, context)
     _exclusions_section(doc, tables, config)
     _bias_section(doc, tables, config, figures)
     _effects_section(doc, tables, config)

@@ -61,7 +61,21 @@ def _stimuli(set_info: Mapping[str, Any] | None) -> str:
                    else ".")
 
 
-def _design(df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"]) -> str:
+def _sides_and_lists(df: "pd.DataFrame", design: Mapping[str, Any] | None) -> str:
+    """How sides, lists and order were set: the design counterbalances, only the order is random."""
+    lists = design.get("lists") if design else None
+    if lists is None and "list" in df.columns and df["list"].notna().any():
+        lists = f"{int(df['list'].nunique())} (seen in the export)"
+    text = ("The side of the image perturbed toward the asked category was counterbalanced, not drawn at random: "
+            "within each trial type and budget it was on the left on half of the trials, and every list has a "
+            "mirror list with all sides swapped")
+    text += (f"; participants were assigned in turn to {lists} counterbalancing list(s) (side mirror, Latin-square "
+             "rotation of photos over cells, photo window)" if lists else "")
+    return text + ("; the order of main and catch trials (practice first) was randomised per participant from "
+                   "the participant's seed.")
+
+
+def _design(df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"], design: Mapping[str, Any] | None = None) -> str:
     summary = tables["participants"]
     kept = summary[~summary["excluded"]]
     reasons = tables["exclusion_counts"]
@@ -75,18 +89,20 @@ def _design(df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"]) -> str:
                                      .any() else [0]))
     return (f"Design: {len(summary)} participants took part and {len(kept)} were analysed after the exclusions "
             f"stated in advance ({why or 'none excluded'}). Each answered a median of {per('main')} main trials "
-            f"({_join([f'{CONDITION_LABELS[t]} ({t})' for t in types])}; budgets {_join([str(e) for e in eps])}), "
+            f"({_join([f'{CONDITION_LABELS[t]} ({t})' for t in types]) if types else 'none'}; budgets "
+            f"{_join([str(e) for e in eps]) if eps else 'none'}), "
             f"{per('catch')} catch trials and {per('practice')} practice trials. On each trial two images were "
-            f"shown side by side and the participant chose the one that looked more like the asked category; the "
-            f"image perturbed toward that category was on the left or right at random over trials.")
+            f"shown side by side and the participant chose the one that looked more like the asked category. "
+            + _sides_and_lists(df, design))
 
 
-def _analysis(config: AnalysisConfig, tables: Mapping[str, "pd.DataFrame"]) -> str:
+def _analysis(config: AnalysisConfig, tables: Mapping[str, "pd.DataFrame"], registration: str | None) -> str:
     level = int(round(config.ci_level * 100))
     primary = tables["primary"]
     test = primary["test"].iloc[0] if len(primary) else config.primary
     sided = "one-sided (bias above chance)" if config.alternative == "greater" else "two-sided"
-    return (f"Analysis: the primary test, declared before the data were seen, was the {test} for each of the "
+    return (f"Analysis: {registration or 'the settings were not preregistered.'} The primary test was the {test} "
+            f"for each of the "
             f"{len(primary)} trial type(s), {sided}, Holm-adjusted across them; the mixed model "
             f"(y ~ 1 + (1|participant) + (1|source), Laplace maximum likelihood; Wald statistic referred to a t "
             f"distribution on min(participants, images) - 1 degrees of freedom) generalises over participants and "
@@ -97,9 +113,11 @@ def _analysis(config: AnalysisConfig, tables: Mapping[str, "pd.DataFrame"]) -> s
 
 
 def methods(df: "pd.DataFrame", tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig,
-            set_info: Mapping[str, Any] | None = None) -> list[str]:
-    """The Methods paragraphs: stimuli, design, analysis."""
-    return [_stimuli(set_info), _design(df, tables), _analysis(config, tables)]
+            set_info: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None) -> list[str]:
+    """The Methods paragraphs: stimuli, design, analysis (``context``: registration statement, design summary)."""
+    context = context or {}
+    return [_stimuli(set_info), _design(df, tables, context.get("design")),
+            _analysis(config, tables, context.get("registration"))]
 
 
 def _primary_sentence(row: Any, by_condition: "pd.DataFrame", level: int) -> str:
@@ -108,9 +126,11 @@ def _primary_sentence(row: Any, by_condition: "pd.DataFrame", level: int) -> str
     text = f"{label[:1].upper() + label[1:]} ({row.condition}): "
     if len(means):
         m = means.iloc[0]
+        interval = f"{level}% CI {m.ci_low:.1%} to {m.ci_high:.1%}, " if np.isfinite(m.ci_low) else ""
         text += (f"participants chose the image perturbed toward the asked category on {m.bias:.1%} of trials "
-                 f"(mean of participant means, {level}% CI {m.ci_low:.1%} to {m.ci_high:.1%}, "
-                 f"n = {int(m.n_participants)}); ")
+                 f"(mean of participant means, {interval}n = {int(m.n_participants)}); ")
+    if not np.isfinite(row.statistic):
+        return text + f"the primary test is not available ({row.test} needs more participants, images or variability)."
     if row.scale == "log-odds":
         text += (f"mixed model log-odds {row.estimate:.3f} ({level}% CI {row.ci_low:.3f} to {row.ci_high:.3f}; "
                  f"{row.bias:.1%} for a typical participant and image), t({row.dof:g}) = {row.statistic:.2f}, "
@@ -126,11 +146,11 @@ def results(tables: Mapping[str, "pd.DataFrame"], config: AnalysisConfig) -> lis
     out = [" ".join(_primary_sentence(r, tables["bias_by_condition"], level)
                     for r in tables["primary"].itertuples(index=False) if np.isfinite(r.estimate))]
     trend = tables.get("trend")
-    if trend is not None and trend["slope"].notna().any():
+    if trend is not None and (trend["slope"].notna() & trend["z"].notna()).any():
         parts = [f"{r.condition}: {r.slope:+.3f} log-odds per doubling ({level}% CI {r.ci_low:.3f} to "
                  f"{r.ci_high:.3f}, z = {r.z:.2f}, {_p(r.p)}; cell means "
                  f"{'monotone' if r.monotone else f'not monotone ({r.n_decreases} decrease(s))'})"
-                 for r in trend.itertuples(index=False) if np.isfinite(r.slope)]
+                 for r in trend.itertuples(index=False) if np.isfinite(r.slope) and np.isfinite(r.z)]
         out.append("Dose-response: " + "; ".join(parts) + ".")
     contrasts = tables.get("contrasts")
     if contrasts is not None and len(contrasts):

@@ -48,6 +48,8 @@ def register(subparsers: Any) -> None:
     create.add_argument("--stimuli", required=True, metavar="SETDIR", help=f"stimulus set folder ({MANIFEST_NAME}, {IMAGES_DIR}/)")
     create.add_argument("--name", required=True, metavar="SLUG", help="experiment name used in URLs (lowercase, digits, -)")
     create.add_argument("--config", metavar="FILE", help="experiment TOML (design, codes, texts); default: all defaults")
+    create.add_argument("--analysis", metavar="FILE",
+                        help="analysis.toml: the analysis plan, stored (text, sha256, time) before the first answer")
     create.add_argument("--link", action="store_true", help="symlink the images instead of copying them")
     create.add_argument("--base-url", metavar="URL", help="public address of the server, for the printed URLs")
     _common(create)
@@ -78,7 +80,10 @@ def register(subparsers: Any) -> None:
 
     export = subparsers.add_parser("export", help="write one row per answered trial to CSV or Parquet")
     export.add_argument("slug", metavar="SLUG", help="experiment name")
-    export.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    export.add_argument("--out", required=True, metavar="FILE",
+                        help="FILE.csv or FILE.parquet (with its sidecar FILE.json); with --format psychds a folder")
+    export.add_argument("--format", choices=("file", "psychds"), default="file",
+                        help="file: CSV or Parquet by the name (default); psychds: a Psych-DS dataset folder")
     export.add_argument("--include-void", action="store_true", help="keep voided participants (status void)")
     _common(export)
     export.set_defaults(handler=cmd_export)
@@ -146,16 +151,38 @@ def participant_urls(base: str, slug: str) -> tuple[str, str]:
     return url, f"{url}?{params}"
 
 
+def _analysis_plan(path: str | None) -> dict[str, str] | None:
+    """The analysis plan to store: the file's exact text (it must at least be TOML)."""
+    import tomllib
+
+    from experiment.study import analysis_plan
+
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CommandError(f"analysis plan not found: {path}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{path} is not UTF-8 text") from None
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CommandError(f"{path} is not valid TOML: {exc}") from None
+    return analysis_plan(text)
+
+
 def cmd_experiment_create(args: argparse.Namespace) -> int:
     from experiment import stimulus_store
     from experiment.study import create_experiment
     from experiment.config import load_config_file
 
     raw = load_config_file(Path(args.config) if args.config else None)
+    plan = _analysis_plan(args.analysis)
     db, settings = _database(args)
     try:
         exp, design, created = create_experiment(
-            db, args.name, Path(args.stimuli), raw, stimulus_store(settings), link=args.link
+            db, args.name, Path(args.stimuli), raw, stimulus_store(settings), link=args.link, plan=plan
         )
     finally:
         db.dispose()
@@ -173,6 +200,9 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     if s.get("lists_reusing_images"):
         print(f"  note: in {s['lists_reusing_images']} list(s) a catch or practice trial shows an image that a main "
               "trial shows too (the set has too few to spare); such an image marks a clean photo")
+    stored = exp.settings.get("analysis_plan")
+    if stored:
+        print(f"  analysis plan stored at {stored['stored_at']} (sha256 {stored['sha256'][:16]}...)")
     print(f"  completion code: {exp.settings['completion_code']}")
     who = "PROLIFIC_PID required" if exp.settings.get("require_prolific_pid") else "anonymous starts allowed"
     print(f"  participants: {who}; an unfinished participant frees their list slot after "
@@ -291,19 +321,26 @@ def _gunicorn(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from experiment.export import export_format, write_export
+    from experiment.export import export_format, write_export, write_psychds
     from experiment.errors import NotFound
 
     out = Path(args.out)
-    export_format(out)  # a bad file name fails before touching the database
+    if args.format == "file":
+        export_format(out)  # a bad file name fails before touching the database
+    elif out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} exists and is not a folder (a Psych-DS dataset is a folder)")
     db, _ = _database(args)
     try:
+        if args.format == "psychds":
+            data = write_psychds(db, args.slug, out, include_void=args.include_void)
+            print(f"wrote the Psych-DS dataset of {args.slug} to {out} ({data.relative_to(out)})")
+            return 0
         n = write_export(db, args.slug, out, include_void=args.include_void)
     except NotFound as exc:
         raise ValueError(exc.message) from None
     finally:
         db.dispose()
-    print(f"wrote {n} answered trial(s) of {args.slug} to {out}")
+    print(f"wrote {n} answered trial(s) of {args.slug} to {out} (and {out.with_suffix('.json').name})")
     return 0
 
 

@@ -10,16 +10,18 @@ import io
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from advbias.export import (
-    COLUMNS, FLOAT_COLUMNS, FORMULA_STARTS, INT_COLUMNS, MEASURED_COLUMNS, UNTRUSTED_TEXT_COLUMNS,
+    COLUMNS, FLOAT_COLUMNS, FORMULA_STARTS, INT_COLUMNS, MEASURED_COLUMNS, UNTRUSTED_TEXT_COLUMNS, write_sidecar,
 )
 from experiment.db import Database
-from experiment.models import Participant, Response, Trial, iso_utc
+from experiment.models import Participant, Response, Trial, iso_utc, utcnow
 from experiment.study import get_experiment
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+#: ``advbias export --format``: the file's own format (by its name), or a Psych-DS dataset folder.
+EXPORT_FORMATS = ("file", "psychds")
 
 
 def export_rows(db: Database, slug: str, *, include_void: bool = False) -> list[dict[str, Any]]:
@@ -46,6 +48,7 @@ def export_rows(db: Database, slug: str, *, include_void: bool = False) -> list[
             rows.append(
                 {
                     "experiment": exp.slug,
+                    "stimulus_set": exp.set_hash,
                     "participant": part.public_id,
                     "prolific_pid": part.prolific_pid or "",
                     "study_id": part.study_id or "",
@@ -143,8 +146,25 @@ def export_bytes(db: Database, slug: str, fmt: str, *, include_void: bool = Fals
     return buffer.getvalue()
 
 
+def sidecar(db: Database, slug: str, n_rows: int) -> dict[str, Any]:
+    """Where an export came from (advbias.export.SIDECAR_KEYS): configuration, set, plan, first answer."""
+    with db.session() as s:
+        exp = get_experiment(s, slug)
+        first = s.scalar(select(func.min(Response.server_received_at))
+                         .join(Trial, Trial.id == Response.trial_id)
+                         .join(Participant, Participant.id == Trial.participant_id)
+                         .where(Participant.experiment_id == exp.id))
+        settings = dict(exp.settings)
+    return {"format": "", "experiment": slug, "exported_at": iso_utc(utcnow()), "stimulus_set": exp.set_hash,
+            "experiment_config": settings.get("config"), "design_summary": settings.get("design_summary"),
+            "analysis_plan": settings.get("analysis_plan"), "first_answer_at": iso_utc(first), "n_rows": n_rows}
+
+
 def write_export(db: Database, slug: str, out: Path, *, include_void: bool = False) -> int:
-    """Write the export to ``out`` atomically (a crash never leaves half a file); returns the row count."""
+    """Write the export to ``out`` atomically (a crash never leaves half a file) and its sidecar ``out.json``.
+
+    Returns the row count.
+    """
     out = Path(out)
     fmt = export_format(out)
     if not out.parent.exists():
@@ -153,4 +173,15 @@ def write_export(db: Database, slug: str, out: Path, *, include_void: bool = Fal
     tmp = out.with_name(f".{out.name}.partial")
     _write(frame, tmp, fmt)
     tmp.replace(out)
+    write_sidecar(out, sidecar(db, slug, len(frame)))
     return len(frame)
+
+
+def write_psychds(db: Database, slug: str, folder: Path, *, include_void: bool = False) -> Path:
+    """Write experiment ``slug`` as a Psych-DS dataset in ``folder`` (advbias.psychds); returns the data file."""
+    from advbias.psychds import write_dataset
+
+    frame = export_frame(db, slug, include_void=include_void)
+    buffer = io.BytesIO()
+    _write(frame, buffer, "csv")
+    return write_dataset(Path(folder), slug, buffer.getvalue(), sidecar(db, slug, len(frame)))

@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
-from advbias.manifest import StimulusRow, read_manifest
+from advbias.manifest import StimulusRow, read_manifest, set_id
 from advbias.setdir import image_path, manifest_path, read_set_json, set_json_path
 
 
@@ -30,7 +30,7 @@ def read_set(setdir: Path) -> tuple[list[StimulusRow], dict[str, Any], str]:
     if not info_path.is_file():
         raise FileNotFoundError(f"{setdir} is not a stimulus set: {info_path.name} is missing")
     info = read_set_json(info_path)
-    digest = hashlib.sha256(manifest_path(setdir).read_bytes()).hexdigest()
+    digest = set_id(setdir)
     return rows, info, digest
 
 

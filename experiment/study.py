@@ -23,16 +23,30 @@ from experiment.design import Design
 from experiment.config import design_config_from_settings, jsonable, resolve_config
 from experiment.errors import NotFound
 from experiment.fields import SLUG_RE
-from experiment.models import Experiment, Participant, Stimulus, utcnow
+from experiment.models import Experiment, Participant, Stimulus, iso_utc, utcnow
 from experiment.stimulus_set import import_images, read_set
 
+def analysis_plan(text: str) -> dict[str, str]:
+    """The stored form of an analysis plan (``analysis.toml``): its text, sha256, and when it was stored.
+
+    Stored when the experiment is created, so before any answer exists; the export's
+    sidecar carries it, and ``advbias analyze`` reports it as the preregistration.
+    """
+    import hashlib
+
+    return {"text": text, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "stored_at": iso_utc(utcnow())}
+
+
 def create_experiment(
-    db: Database, slug: str, setdir: Path, raw_config: Mapping[str, Any], store: Path, *, link: bool = False
+    db: Database, slug: str, setdir: Path, raw_config: Mapping[str, Any], store: Path, *, link: bool = False,
+    plan: Mapping[str, str] | None = None,
 ) -> tuple[Experiment, Design, bool]:
     """Import a stimulus set as experiment ``slug``; returns (experiment, design, created).
 
-    Re-running with the same set and the same configuration changes nothing and
-    returns ``created=False``; the same slug with anything different is refused.
+    ``plan`` (from :func:`analysis_plan`) is stored in the experiment's settings. Re-running
+    with the same set, configuration and plan changes nothing and returns
+    ``created=False``; the same slug with anything different is refused.
     """
     if not SLUG_RE.fullmatch(slug):
         raise ValueError(f"experiment name {slug!r} must be 1-63 lowercase letters, digits or '-'")
@@ -40,11 +54,13 @@ def create_experiment(
     design_config, settings = resolve_config(raw_config)
     design = Design(rows, design_config)
     settings["design_summary"] = design.summary()
+    if plan is not None:
+        settings["analysis_plan"] = dict(plan)
 
     with db.session() as session:
         existing = session.scalar(select(Experiment).where(Experiment.slug == slug))
         if existing is not None:
-            same = _same_or_refuse(existing, digest, raw_config)
+            same = _same_or_refuse(existing, digest, raw_config, plan)
             # Another machine of the same study (one database, its own instance folder) needs the images too.
             import_images(Path(setdir), rows, store, link=link)
             return same, load_design(session, existing), False
@@ -71,11 +87,12 @@ def create_experiment(
         with db.session() as session:
             existing = session.scalar(select(Experiment).where(Experiment.slug == slug))
             assert existing is not None
-            return _same_or_refuse(existing, digest, raw_config), load_design(session, existing), False
+            return _same_or_refuse(existing, digest, raw_config, plan), load_design(session, existing), False
     return exp, design, True
 
 
-def _same_or_refuse(existing: Experiment, digest: str, raw_config: Mapping[str, Any]) -> Experiment:
+def _same_or_refuse(existing: Experiment, digest: str, raw_config: Mapping[str, Any],
+                    plan: Mapping[str, str] | None) -> Experiment:
     if existing.set_hash != digest:
         raise FileExistsError(
             f"experiment {existing.slug!r} already exists with a different stimulus set; choose another --name"
@@ -83,6 +100,12 @@ def _same_or_refuse(existing: Experiment, digest: str, raw_config: Mapping[str, 
     if existing.settings.get("config") != jsonable(dict(raw_config)):
         raise FileExistsError(
             f"experiment {existing.slug!r} already exists with a different configuration; choose another --name"
+        )
+    stored = (existing.settings.get("analysis_plan") or {}).get("sha256")
+    if stored != (plan or {}).get("sha256"):
+        raise FileExistsError(
+            f"experiment {existing.slug!r} already exists with a different analysis plan (stored: "
+            f"{(stored or 'none')[:12]}); a plan cannot change after creation: choose another --name"
         )
     return existing
 

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats as sps
 
 import analysis
-from analysis import effects, items
+from analysis import common, effects, items
 from analysis.config import AnalysisConfig
 from analysis.glmm import fit_logistic_glmm
 from analysis.primary import primary_analysis
@@ -116,7 +116,7 @@ def test_random_slope_is_recovered_and_falls_back_when_absent(two_types: pd.Data
 
 
 def test_cohens_d_interval_inverts_the_noncentral_t_and_covers() -> None:
-    low, high = effects.cohen_d_ci(3.0, 20)
+    low, high = common.cohen_d_ci(3.0, 20)
     assert sps.nct.cdf(3.0, 19, low * math.sqrt(20)) == pytest.approx(0.975, abs=1e-8)
     assert sps.nct.cdf(3.0, 19, high * math.sqrt(20)) == pytest.approx(0.025, abs=1e-8)
     rng = np.random.default_rng(2)
@@ -124,7 +124,7 @@ def test_cohens_d_interval_inverts_the_noncentral_t_and_covers() -> None:
     for _ in range(300):
         values = rng.normal(0.5, 1.0, 15)
         t = values.mean() / (values.std(ddof=1) / math.sqrt(15))
-        lo, hi = effects.cohen_d_ci(t, 15)
+        lo, hi = common.cohen_d_ci(t, 15)
         covered += lo < 0.5 < hi
     assert 0.92 <= covered / 300 <= 0.98
     table = analysis.bias_by_eps(analysis.validate_export(simulate_export(30, 40, 0.6, eps=(8,), seed=3)))

@@ -4,6 +4,7 @@
   outside the checkout, serves the participant page, its script and the admin login.
 * Stages import only downward (``stimuli -> attacks``; ``experiment`` and ``analysis``
   import neither each other nor ``stimuli``), checked on the source's import statements.
+* No import cycle between product modules (imports inside functions included).
 * No product module is over 600 lines.
 * Every reader of the two files between stages uses their owner's columns.
 * One owner per file between stages: exactly one product module spells the names of a stimulus
@@ -155,6 +156,97 @@ def test_manifest_written_by_stimuli_reads_back(stimulus_set: Path) -> None:
     assert tuple(header) == COLUMNS
     rows = read_manifest(stimulus_set)
     assert {r.condition for r in rows} == {"clean", "adversarial", "flip", "noise"}
+
+
+def _in_type_checking(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Whether ``node`` sits under ``if TYPE_CHECKING:`` (never executed, so no import at run time)."""
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def import_graph(root: Path, packages: tuple[str, ...] = STAGES) -> dict[str, set[str]]:
+    """Module -> the product modules it imports, at any depth (inside functions too).
+
+    ``from . import x``, ``from .x import y``, ``from pkg import name`` (``name`` a submodule or an attribute
+    of ``pkg/__init__``) and ``import a.b`` are all resolved to the module file they load; imports under
+    ``if TYPE_CHECKING:`` are left out (they never run).
+    """
+    files = sorted(p for pkg in packages for p in (root / pkg).rglob("*.py") if "migrations" not in p.parts)
+    modules = {".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p for p in files}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or _in_type_checking(node, parents):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)] if node.level else []
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module
+                           for alias in node.names]
+            graph[name].update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_between_product_modules() -> None:
+    cycles = import_cycles(import_graph(ROOT))
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_cycle_rule_sees_imports_inside_functions(tmp_path: Path) -> None:
+    pkg = tmp_path / "analysis"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from .b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from . import a\n")
+    (pkg / "c.py").write_text("from analysis import a\nfrom typing import TYPE_CHECKING\n"
+                              "if TYPE_CHECKING:\n    from analysis.d import g\n")
+    (pkg / "d.py").write_text("import analysis.c\n")
+    graph = import_graph(tmp_path, ("analysis",))
+    assert graph["analysis.b"] == {"analysis.a"} and graph["analysis.c"] == {"analysis.a"}
+    assert import_cycles(graph) == [["analysis.a", "analysis.b"]]
 
 
 def _get(port: int, path: str) -> tuple[int, bytes]:
