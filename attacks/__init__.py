@@ -2,7 +2,7 @@
 
 >>> import attacks
 >>> ens = attacks.load_ensemble(["lite0", "lite1"])
->>> x_adv = attacks.linf_pgd(ens, x, ["cat"] * len(x), eps=8 / 255, steps=40)
+>>> x_adv = attacks.linf_pgd(ens, x, ["cat"] * len(x), eps=8 / 255, recipe=attacks.DEFAULT_RECIPE)
 >>> u8 = attacks.quantize(x_adv, x_uint8, 8)   # saved images keep |delta| <= 8 levels
 
 Names are imported on first use (PEP 562), so that ``import attacks.cli`` (done by the
@@ -15,8 +15,12 @@ from typing import Any
 
 _EXPORTS = {
     "models": ("BUNDLED", "Ensemble", "ImageNetClassifier", "fold_batchnorm", "load_ensemble", "load_model"),
-    "pgd": ("category_probabilities", "choose_chunk", "class_probabilities", "gaussian_kernel", "linf_pgd", "prepare_model", "quantization_check", "quantize",
-            "target_probability", "target_scores"),
+    "recipe": ("DEFAULT_RECIPE", "LOSSES", "Recipe"),
+    "pgd": ("linf_pgd", "target_scores"),
+    "chunks": ("choose_chunk", "prepare_model", "resolve_device"),
+    "methods": ("gaussian_kernel",),
+    "scoring": ("batched_logits", "category_probabilities", "class_probabilities", "quantization_check", "quantize",
+                "target_probability"),
     "judge": ("choose", "wilson_interval"),
     "targets": ("NUM_CLASSES", "TargetSpec", "categories", "class_name", "is_category", "load_user_categories",
                 "resolve_target", "target_spec"),

@@ -11,6 +11,8 @@ image). Each method gets a warm-up, then ``rounds`` timed runs interleaved with 
 * ``foolbox+folded``: the same on the engine's model (BatchNorm folded): shows what the
   engine gains beyond the model preparation.
 * ``engine``: :func:`attacks.linf_pgd`, one call for all budgets, auto layout and chunk.
+* ``engine, default recipe``: the same call with :data:`attacks.DEFAULT_RECIPE`'s methods (its loss, momentum,
+  DI, TI, CFM) at the same number of steps: what the recipe costs per step beyond plain PGD;
 * ``floor``: forward + input-gradient alone, at the engine's chunk size and layout.
 """
 from __future__ import annotations
@@ -24,7 +26,9 @@ import torch
 
 from .foolbox_backend import imagenet_samples, linf_pgd_foolbox
 from .models import Ensemble, load_ensemble, load_model
-from .pgd import _resolve_device, choose_chunk, linf_pgd, prepare_model
+from .chunks import choose_chunk, prepare_model, resolve_device
+from .pgd import linf_pgd
+from .recipe import DEFAULT_RECIPE, Recipe
 
 
 @dataclass
@@ -58,6 +62,7 @@ def bench_models(names: list[str], *, images: int, eps_levels: list[int], target
     tgt = torch.tensor([t for _, t in combos for _ in range(images)])
     work = x.shape[0] * steps
     label = "+".join(names)
+    plain_recipe = Recipe(steps=steps)  # what foolbox runs: plain PGD, Madry's step rule
 
     # foolbox gets the models as a user loads them from timm: BatchNorm left in place.
     plain = Ensemble([load_model(n, fold_bn=False, device=device) for n in names]).to(device).eval()
@@ -69,10 +74,14 @@ def bench_models(names: list[str], *, images: int, eps_levels: list[int], target
     chunk = choose_chunk(engine_model, tuple(x.shape), device, channels_last=True, autocast_dtype=autocast)
 
     def run_fb(model):
-        return lambda: linf_pgd_foolbox(model, x, tgt, eps, steps=steps, device=device)
+        return lambda: linf_pgd_foolbox(model, x, tgt, eps, recipe=plain_recipe, device=device)
 
     def run_engine():
-        linf_pgd(engine_model, x, tgt, eps, steps=steps, device=device, batch_size=chunk)
+        linf_pgd(engine_model, x, tgt, eps, recipe=plain_recipe, device=device, batch_size=chunk)
+
+    def run_default():
+        linf_pgd(engine_model, x, tgt, eps, recipe=DEFAULT_RECIPE.but(steps=steps, finish_steps=round(DEFAULT_RECIPE.finish_steps * steps / DEFAULT_RECIPE.steps)), device=device,
+                 batch_size=chunk, seed=0)
 
     xs = x[:chunk].to(device).contiguous(memory_format=torch.channels_last)
     n_chunks = -(-x.shape[0] // chunk)
@@ -89,19 +98,21 @@ def bench_models(names: list[str], *, images: int, eps_levels: list[int], target
         "foolbox": run_fb(plain),
         "foolbox+folded": run_fb(folded_fb),
         "engine": run_engine,
+        "engine, default recipe": run_default,
         "floor (fwd+bwd)": run_floor,
     }
     # Warm-up: one step of each on the full batch (allocator, oneDNN/cuDNN plans).
-    linf_pgd_foolbox(plain, x, tgt, eps, steps=1, device=device)
-    linf_pgd_foolbox(folded_fb, x, tgt, eps, steps=1, device=device)
-    linf_pgd(engine_model, x, tgt, eps, steps=1, device=device, batch_size=chunk)
+    one = Recipe(steps=1)
+    linf_pgd_foolbox(plain, x, tgt, eps, recipe=one, device=device)
+    linf_pgd_foolbox(folded_fb, x, tgt, eps, recipe=one, device=device)
+    linf_pgd(engine_model, x, tgt, eps, recipe=one, device=device, batch_size=chunk)
     best = {k: float("inf") for k in methods}
     for _ in range(rounds):
         for key, fn in methods.items():
             best[key] = min(best[key], _timed(fn, device))
     rows = []
     for key, seconds in best.items():
-        is_engine = key in ("engine", "floor (fwd+bwd)")
+        is_engine = key in ("engine", "engine, default recipe", "floor (fwd+bwd)")
         rows.append(Row(label, key, seconds, work / seconds, chunk if is_engine else x.shape[0] // len(eps_levels),
                         "channels_last" if is_engine else "NCHW"))
     return rows
@@ -109,7 +120,7 @@ def bench_models(names: list[str], *, images: int, eps_levels: list[int], target
 
 def run(*, device: str = "auto", images: int = 8, steps: int = 10, eps_levels=(2, 4, 8, 16), targets=(281, 867),
         ensemble=("lite0", "lite1"), single="lite0", rounds: int = 2, threads: int | None = None) -> dict:
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     rows: list[Row] = []
@@ -178,15 +189,16 @@ def cold_child(method: str, model: str, images: int, eps_levels: list[int], targ
     eps = torch.tensor([e for e, _ in combos for _ in range(images)], dtype=torch.float32) / 255
     tgt = torch.tensor([t for _, t in combos for _ in range(images)])
     net = load_model(model)
+    recipe = Recipe(steps=steps)
     t0 = time.perf_counter()
     if method == "engine":
-        linf_pgd(net, x, tgt, eps, steps=steps, device="cpu")
+        linf_pgd(net, x, tgt, eps, recipe=recipe, device="cpu")
     elif method == "calibrated":  # the engine as it chose chunks before: timed extra passes first
         prepare_model(net, torch.device("cpu"), True)
         chunk = choose_chunk(net, tuple(x.shape), torch.device("cpu"))
-        linf_pgd(net, x, tgt, eps, steps=steps, device="cpu", batch_size=chunk)
+        linf_pgd(net, x, tgt, eps, recipe=recipe, device="cpu", batch_size=chunk)
     else:
-        linf_pgd_foolbox(net, x, tgt, eps, steps=steps, device="cpu")
+        linf_pgd_foolbox(net, x, tgt, eps, recipe=recipe, device="cpu")
     return {"method": method, "seconds": time.perf_counter() - t0, "image_steps": x.shape[0] * steps}
 
 

@@ -64,13 +64,14 @@ def register(sub) -> None:
     t = bench_sub.add_parser("transfer", help="leave-one-model-out transfer of attack recipes to a held-out model",
                              description="Attack all but one model, test the one left out, per recipe and budget "
                                          "(see docs/benchmarks.md).")
-    t.add_argument("--recipes", default="logodds,logit-mi-di,logodds-mi-di-ti5-s8,logit-mi-di-ti5-s8-200",
+    t.add_argument("--recipes", default="logit-mi-di-ti5-s8-200,cfm,cfm-f20,cfm-di1-f20",
                    help="comma-separated recipe names from attacks.transfer.RECIPES, or 'all'")
     t.add_argument("--models", default="lite0,lite1,lite2", help="models; each is held out in turn")
     t.add_argument("--heldout", default="", help="only these held-out models (default: every model in turn)")
     t.add_argument("--photos", default="8-13", help="indices of foolbox's 20 sample photos, e.g. 8-13 or 0,3,5")
+    t.add_argument("--confirm", default="", help="more photos, reported apart: confirm on photos not chosen on (14-19)")
     t.add_argument("--targets", default="cat,truck", help="two target categories (the 2AFC pair)")
-    t.add_argument("--eps", default="4,8,16", help="budgets in 0-255 levels")
+    t.add_argument("--eps", default="2,4,8,16", help="budgets in 0-255 levels")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")

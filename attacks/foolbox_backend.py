@@ -14,7 +14,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .pgd import _resolve_device, validate_attack
+from .chunks import resolve_device
+from .pgd import validate_attack
+from .recipe import Recipe
 
 
 def import_foolbox():
@@ -31,17 +33,22 @@ def linf_pgd_foolbox(
     target: torch.Tensor | Sequence[str | int],
     eps: float | torch.Tensor,
     *,
-    steps: int,
-    step_size: float | torch.Tensor | None = None,
-    random_start: bool = False,
+    recipe: Recipe,
     device: str | torch.device = "auto",
 ) -> torch.Tensor:
-    """foolbox ``LinfPGD`` toward single ImageNet classes; same arguments as :func:`attacks.linf_pgd`."""
+    """foolbox ``LinfPGD`` toward single ImageNet classes; the arguments of :func:`attacks.linf_pgd`.
+
+    Plain PGD only: the recipe's steps, step-size rule and random start; cross-entropy loss.
+    """
     fb = import_foolbox()
-    spec, eps_t, step_t = validate_attack(x, target, eps, steps, step_size)
+    plain = Recipe(steps=recipe.steps, loss=recipe.loss, step_ratio=recipe.step_ratio, random_start=recipe.random_start)
+    if recipe != plain or recipe.loss not in ("auto", "ce"):
+        raise ValueError("the foolbox backend runs plain PGD with cross-entropy only (no momentum, DI, TI or CFM)")
+    spec, eps_t, step_t = validate_attack(x, target, eps, recipe)
+    steps, random_start = recipe.steps, recipe.random_start
     if bool((spec.index < 0).any()):
         raise ValueError("the foolbox backend supports single ImageNet classes only, not multi-class categories")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     model.to(dev).eval()
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=dev)
     out = torch.empty_like(x)

@@ -30,58 +30,72 @@ import torch
 from .foolbox_backend import imagenet_samples
 from .judge import choose
 from .models import Ensemble, load_model
-from .pgd import _resolve_device, linf_pgd, quantize, target_probability
+from .chunks import resolve_device
+from .pgd import linf_pgd
+from .recipe import DEFAULT_RECIPE, Recipe
+from .scoring import batched_logits, quantize, target_probability
 from .targets import resolve_target
 
 BUNDLED_ORDER = ("lite0", "lite1", "lite2")
 
 
+#: A recipe the benchmark can run: the engine's recipe and, optionally, relative weights of the attacked models
+#: (in the order they are listed; None = equal).
 @dataclass(frozen=True)
-class Recipe:
-    """Engine options of one attack recipe (see :func:`attacks.linf_pgd`)."""
-
+class Candidate:
     name: str
-    loss: str = "logodds"
-    steps: int = 100
-    momentum: float = 0.0
-    input_diversity: float = 0.0
-    ti_kernel: int = 0
-    #: relative weight of each attacked model, in the order they are listed; None = equal
+    recipe: Recipe
     weights: tuple[float, ...] | None = None
-    #: step size as a fraction of eps; None = the engine's default, 2.5 * eps / steps (Madry et al. 2018)
-    step_ratio: float | None = None
-
-    def options(self) -> dict:
-        return {"loss": self.loss, "steps": self.steps, "momentum": self.momentum,
-                "input_diversity": self.input_diversity, "ti_kernel": self.ti_kernel, "step_ratio": self.step_ratio}
 
 
-#: Recipes from the engine's options and the targeted-transfer literature: logit loss
-#: (Zhao et al. 2021), momentum (MI-FGSM, Dong et al. 2018), input diversity (DI, Xie et al.
-#: 2019), translation-invariant smoothing (TI, Dong et al. 2019), more steps, model weights.
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("logodds"),
-    Recipe("logit-mi-di", loss="logit", momentum=1.0, input_diversity=0.7),
-    Recipe("logit-mi-di-ti5", loss="logit", momentum=1.0, input_diversity=0.7, ti_kernel=5),
-    Recipe("logodds-mi-di", loss="logodds", momentum=1.0, input_diversity=0.7),
-    Recipe("logodds-mi-di-ti5", loss="logodds", momentum=1.0, input_diversity=0.7, ti_kernel=5),
-    Recipe("logit-mi-di-ti5-200", loss="logit", steps=200, momentum=1.0, input_diversity=0.7, ti_kernel=5),
-    Recipe("logit-mi-di-ti5-w12", loss="logit", momentum=1.0, input_diversity=0.7, ti_kernel=5, weights=(1.0, 2.0)),
-    Recipe("logit-mi-di-200", loss="logit", steps=200, momentum=1.0, input_diversity=0.7),
-    Recipe("logit-mi-di-ti7", loss="logit", momentum=1.0, input_diversity=0.7, ti_kernel=7),
-    # Large steps, as the transfer literature uses them (e.g. 2/255 per step at eps 16/255: eps / 8),
-    # instead of 2.5 * eps / steps: the perturbation keeps moving and explores the eps-ball.
-    Recipe("logit-mi-di-s8", loss="logit", momentum=1.0, input_diversity=0.7, step_ratio=0.125),
-    Recipe("logit-mi-di-ti5-s8", loss="logit", momentum=1.0, input_diversity=0.7, ti_kernel=5, step_ratio=0.125),
-    Recipe("logodds-mi-di-ti5-s8", loss="logodds", momentum=1.0, input_diversity=0.7, ti_kernel=5, step_ratio=0.125),
-    Recipe("logit-mi-di-ti5-s8-200", loss="logit", steps=200, momentum=1.0, input_diversity=0.7, ti_kernel=5,
-           step_ratio=0.125),
-)}
+_OLD_DEFAULT = Recipe(steps=100, loss="logodds")
+_LMD = Recipe(steps=100, loss="logit", momentum=1.0, input_diversity=0.7)  # logit + MI + DI, Madry steps
 
 
-#: The recipe ``advbias stimuli generate`` uses by default (stimuli/params.py ``DEFAULT_RECIPE``),
-#: chosen by this benchmark; the numbers and the reasoning are in docs/benchmarks.md, section "Transfer".
-CHOSEN = "logit-mi-di-ti5-s8-200"
+def _named(*items: tuple[str, Recipe] | Candidate) -> dict[str, Candidate]:
+    out = [c if isinstance(c, Candidate) else Candidate(*c) for c in items]
+    return {c.name: c for c in out}
+
+
+#: Recipes from the engine's options and the targeted-transfer literature: logit loss (Zhao et al. 2021),
+#: momentum (MI-FGSM, Dong et al. 2018), input diversity (DI, Xie et al. 2019; RDI, Zou et al. 2020),
+#: translation-invariant smoothing (TI, Dong et al. 2019), Clean Feature Mixup (CFM, Byun et al. 2023),
+#: larger and more steps, finishing steps on the models as they are, model weights. Every step size follows
+#: the recipe's one rule (:meth:`Recipe.step_fraction`): ``s8`` is eps / 8 per step, as the transfer
+#: literature uses (2/255 at 16/255), instead of Madry's 2.5 * eps / steps.
+_S8_200 = Recipe(steps=200, loss="logit", step_ratio=0.125, momentum=1.0, input_diversity=0.7, ti_kernel=5)
+RECIPES: dict[str, Candidate] = _named(
+    ("logodds", _OLD_DEFAULT),
+    ("logit-mi-di", _LMD),
+    ("logit-mi-di-ti5", _LMD.but(ti_kernel=5)),
+    ("logodds-mi-di", _LMD.but(loss="logodds")),
+    ("logodds-mi-di-ti5", _LMD.but(loss="logodds", ti_kernel=5)),
+    ("logit-mi-di-ti5-200", _LMD.but(ti_kernel=5, steps=200)),
+    Candidate("logit-mi-di-ti5-w12", _LMD.but(ti_kernel=5), (1.0, 2.0)),
+    ("logit-mi-di-200", _LMD.but(steps=200)),
+    ("logit-mi-di-ti7", _LMD.but(ti_kernel=7)),
+    ("logit-mi-di-s8", _LMD.but(step_ratio=0.125)),
+    ("logit-mi-di-ti5-s8", _LMD.but(ti_kernel=5, step_ratio=0.125)),
+    ("logodds-mi-di-ti5-s8", _LMD.but(loss="logodds", ti_kernel=5, step_ratio=0.125)),
+    ("logit-mi-di-ti5-s8-200", _S8_200),
+    # Clean Feature Mixup on top of the previous default; the authors' settings (mix probability 0.1,
+    # weights up to 0.75), with DI at 0.7 or at the authors' 1.0, with or without 20 finishing steps.
+    ("cfm", _S8_200.but(cfm_prob=0.1)),
+    ("cfm-di1", _S8_200.but(cfm_prob=0.1, input_diversity=1.0)),
+    ("cfm-f20", _S8_200.but(cfm_prob=0.1, finish_steps=20)),
+    ("cfm-di1-f20", _S8_200.but(cfm_prob=0.1, input_diversity=1.0, finish_steps=20)),
+    ("cfm-rdi-di1-f20", _S8_200.but(cfm_prob=0.1, input_diversity=1.0, resize_back=True, finish_steps=20)),
+    ("f20", _S8_200.but(finish_steps=20)),
+    ("cfm-di1-300-f20", _S8_200.but(cfm_prob=0.1, input_diversity=1.0, steps=300, finish_steps=20)),
+)
+
+
+def chosen() -> str:
+    """The name of the benchmark's recipe that is the project's default (:data:`attacks.DEFAULT_RECIPE`)."""
+    names = [name for name, c in RECIPES.items() if c.recipe == DEFAULT_RECIPE and c.weights is None]
+    if not names:
+        raise RuntimeError("the default recipe is none of the benchmark's recipes")
+    return names[0]
 
 
 @dataclass
@@ -97,6 +111,10 @@ class Result:
     heldout_bias: float
     seconds: float
     options: dict = field(default_factory=dict)
+    #: which photos (a group label; "" when all photos form one group)
+    photos: str = ""
+    #: attack seconds per image (all budgets cost the same: the same steps)
+    seconds_per_image: float = 0.0
 
 
 def parse_photos(spec: str) -> list[int]:
@@ -133,48 +151,52 @@ def _work(photos: torch.Tensor, targets: Sequence[str], eps_levels: Sequence[int
     return x, [t for _, t, _ in items], torch.tensor([e for e, _, _ in items]), items
 
 
-def evaluate(recipe: Recipe, attacked: Sequence[torch.nn.Module], held: torch.nn.Module, photos: torch.Tensor,
+def evaluate(candidate: Candidate, attacked: Sequence[torch.nn.Module], held: torch.nn.Module, photos: torch.Tensor,
              targets: Sequence[str], eps_levels: Sequence[int], *, device: torch.device, seed: int,
-             progress=False) -> list[Result]:
-    """Attack ``photos`` with one recipe on the ``attacked`` models, score on ``held``; one Result per budget."""
-    if recipe.weights is not None and len(recipe.weights) != len(attacked):
-        raise ValueError(f"recipe {recipe.name}: {len(recipe.weights)} weights for {len(attacked)} models")
-    ens = Ensemble(list(attacked), recipe.weights).eval()
+             progress=False, groups: dict[str, Sequence[int]] | None = None) -> list[Result]:
+    """Attack ``photos`` with one recipe on the ``attacked`` models, score on ``held``; one Result per budget.
+
+    ``groups``: label -> positions in ``photos``; the photos are attacked in one engine call and scored per
+    group (e.g. the photos a recipe was chosen on and those it is confirmed on). Default: one group, all.
+    """
+    if candidate.weights is not None and len(candidate.weights) != len(attacked):
+        raise ValueError(f"recipe {candidate.name}: {len(candidate.weights)} weights for {len(attacked)} models")
+    ens = Ensemble(list(attacked), candidate.weights).eval()
     x_u8, tnames, levels, items = _work(photos, targets, eps_levels)
     t0 = time.perf_counter()
-    eps = levels.float() / 255
-    step = None if recipe.step_ratio is None else eps * recipe.step_ratio
-    x_adv = linf_pgd(ens, x_u8.float() / 255, tnames, eps, steps=recipe.steps, step_size=step, loss=recipe.loss,
-                     momentum=recipe.momentum, input_diversity=recipe.input_diversity, ti_kernel=recipe.ti_kernel,
-                     seed=seed, device=device, progress=progress)
+    x_adv = linf_pgd(ens, x_u8.float() / 255, tnames, levels.float() / 255, recipe=candidate.recipe, seed=seed,
+                     device=device, progress=progress)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     adv = quantize(x_adv.cpu(), x_u8, levels)
-    ens_top = _top1(ens, adv)
-    held_top = _top1(held, adv)
+    ens_top, held_top = _top1(ens, adv), _top1(held, adv)
     held_p = target_probability(held, adv, tnames)
-    out = []
     a, b = targets[0], targets[1] if len(targets) > 1 else None
-    for e in eps_levels:
-        idx = [j for j, it in enumerate(items) if it[0] == e]
-        hit_e = [ens_top[j].item() in resolve_target(tnames[j]) for j in idx]
-        hit_h = [held_top[j].item() in resolve_target(tnames[j]) for j in idx]
-        bias = _pair_bias(held, adv, items, e, a, b) if b is not None else float("nan")
-        out.append(Result(recipe.name, "+".join(getattr(m, "name", "?") for m in attacked), getattr(held, "name", "?"),
-                          e, len(idx), sum(hit_e) / len(idx), sum(hit_h) / len(idx),
-                          float(held_p[idx].mean()), bias, seconds, recipe.options() | {"weights": recipe.weights}))
+    names = ("+".join(getattr(m, "name", "?") for m in attacked), getattr(held, "name", "?"))
+    options = {**candidate.recipe.to_dict(), "weights": candidate.weights}
+    out = []
+    for label, members in (groups or {"": range(photos.shape[0])}).items():
+        keep = set(members)
+        for e in eps_levels:
+            idx = [j for j, it in enumerate(items) if it[0] == e and it[2] in keep]
+            hit_e = [ens_top[j].item() in resolve_target(tnames[j]) for j in idx]
+            hit_h = [held_top[j].item() in resolve_target(tnames[j]) for j in idx]
+            bias = _pair_bias(held, adv, items, e, a, b, keep) if b is not None else float("nan")
+            out.append(Result(candidate.name, *names, e, len(idx), sum(hit_e) / len(idx), sum(hit_h) / len(idx),
+                              float(held_p[idx].mean()), bias, seconds, options, label,
+                              seconds / len(items)))
     return out
 
 
 def _top1(model: torch.nn.Module, u8: torch.Tensor) -> torch.Tensor:
-    from .pgd import _batched_logits
-
-    return _batched_logits(model, u8).argmax(dim=1)
+    return batched_logits(model, u8).argmax(dim=1)
 
 
-def _pair_bias(held, adv: torch.Tensor, items, e: int, a: str, b: str) -> float:
+def _pair_bias(held, adv: torch.Tensor, items, e: int, a: str, b: str, keep: set[int]) -> float:
     """The held-out model's 2AFC bias on A-perturbed vs B-perturbed pairs at budget ``e``, both questions."""
-    ia = [j for j, it in enumerate(items) if it[0] == e and it[1] == a]
-    ib = [j for j, it in enumerate(items) if it[0] == e and it[1] == b]
+    ia = [j for j, it in enumerate(items) if it[0] == e and it[1] == a and it[2] in keep]
+    ib = [j for j, it in enumerate(items) if it[0] == e and it[1] == b and it[2] in keep]
     xa, xb = adv[ia], adv[ib]
     pa_on_a, pa_on_b = target_probability(held, xa, [a] * len(ia)), target_probability(held, xb, [a] * len(ib))
     pb_on_b, pb_on_a = target_probability(held, xb, [b] * len(ib)), target_probability(held, xa, [b] * len(ia))
@@ -183,31 +205,41 @@ def _pair_bias(held, adv: torch.Tensor, items, e: int, a: str, b: str) -> float:
 
 
 def run(*, recipes: Sequence[str], models: Sequence[str] = BUNDLED_ORDER, heldout: Sequence[str] | None = None,
-        photos: Sequence[int] = tuple(range(8, 14)), targets: Sequence[str] = ("cat", "truck"),
-        eps_levels: Sequence[int] = (4, 8, 16), device: str = "cpu", seed: int = 0, threads: int | None = None,
-        log=None) -> dict:
-    """Run every recipe on every leave-one-out split; returns ``{"env": ..., "rows": [...]}``."""
+        photos: Sequence[int] = tuple(range(8, 14)), confirm: Sequence[int] = (),
+        targets: Sequence[str] = ("cat", "truck"), eps_levels: Sequence[int] = (2, 4, 8, 16), device: str = "cpu",
+        seed: int = 0, threads: int | None = None, log=None) -> dict:
+    """Run every recipe on every leave-one-out split; returns ``{"env": ..., "rows": [...]}``.
+
+    ``confirm``: more photos, attacked in the same calls and reported apart (rows with ``photos`` =
+    "confirm", the others "choose"), so that a recipe chosen on ``photos`` is confirmed on photos it was
+    not chosen on at no extra start-up cost.
+    """
+    overlap = sorted(set(photos) & set(confirm))
+    if overlap:
+        raise ValueError(f"--confirm photos {overlap} are also --photos; a recipe must be confirmed on other photos")
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise ValueError(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
     for t in targets:
         resolve_target(t)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     u8, labels = imagenet_samples(224)
-    pics = u8[list(photos)]
+    order = list(photos) + list(confirm)
+    pics = u8[order]
+    groups = {"choose": range(len(photos)), "confirm": range(len(photos), len(order))} if confirm else None
     loaded = {m: load_model(m, device=dev) for m in models}
     rows: list[Result] = []
     from tqdm.auto import tqdm
 
     plan = [(r, s) for s in splits(models, heldout) for r in recipes]
     for name, (att, held) in tqdm(plan, desc="recipes", unit="run", file=log):
-        work = pics.shape[0] * len(targets) * len(eps_levels) * RECIPES[name].steps
+        work = pics.shape[0] * len(targets) * len(eps_levels) * RECIPES[name].recipe.steps
         bar = tqdm(total=work, desc=f"{name} {'+'.join(att)}->{held}", unit="img-step", file=log, leave=False)
         try:
             res = evaluate(RECIPES[name], [loaded[m] for m in att], loaded[held], pics, targets, eps_levels,
-                           device=dev, seed=seed, progress=bar)
+                           device=dev, seed=seed, progress=bar, groups=groups)
         finally:
             bar.close()
         rows += res
@@ -216,7 +248,8 @@ def run(*, recipes: Sequence[str], models: Sequence[str] = BUNDLED_ORDER, heldou
     env = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "photos": list(photos), "photo_labels": labels[list(photos)].tolist(), "targets": list(targets),
+        "photos": list(photos), "confirm": list(confirm), "photo_labels": labels[order].tolist(),
+        "targets": list(targets),
         "eps": list(eps_levels), "seed": seed,
     }
     return {"env": env, "rows": [asdict(r) for r in rows]}
@@ -229,10 +262,10 @@ def to_markdown(result: dict, header: bool = True) -> str:
         if env:
             lines += [f"Photos {env['photos']} (foolbox samples), targets {','.join(env['targets'])}, "
                       f"device {env['device']}, torch {env['torch']}, {env['threads']} threads.", ""]
-        lines += ["| recipe | attacked -> held out | eps | ensemble success | held-out top-1 | "
-                  "held-out target prob | held-out 2AFC bias | attack s |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["| recipe | photos | attacked -> held out | eps | ensemble success | held-out top-1 | "
+                  "held-out target prob | held-out 2AFC bias | attack s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['recipe']} | {r['attacked']} -> {r['held_out']} | {r['eps']}/255 | "
+        lines.append(f"| {r['recipe']} | {r.get('photos') or 'all'} | {r['attacked']} -> {r['held_out']} | {r['eps']}/255 | "
                      f"{r['ensemble_success']:.0%} | {r['heldout_success']:.0%} | {r['heldout_prob']:.3f} | "
                      f"{r['heldout_bias']:.2f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
@@ -245,7 +278,8 @@ def main(args) -> int:
     eps = [int(e) for e in args.eps.split(",") if e.strip()]
     result = run(recipes=recipes, models=[m.strip() for m in args.models.split(",") if m.strip()],
                  heldout=[m.strip() for m in args.heldout.split(",") if m.strip()] or None,
-                 photos=parse_photos(args.photos), targets=[t.strip() for t in args.targets.split(",") if t.strip()],
+                 photos=parse_photos(args.photos), confirm=parse_photos(args.confirm) if args.confirm else (),
+                 targets=[t.strip() for t in args.targets.split(",") if t.strip()],
                  eps_levels=eps, device=args.device, seed=args.seed, threads=args.threads, log=sys.stderr)
     from .bench import publish
 

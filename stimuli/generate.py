@@ -174,8 +174,8 @@ def _attack(clean: "torch.Tensor", items, k: int, params: SetParams, scorer: Sco
     torch.manual_seed(derived_seed(params.seed, "unit", k, *tag))
     x_adv = attacks.linf_pgd(
         scorer.ensemble, x0.float() / 255.0, [it[3] for it in items], eps,
-        step_size=None if params.step_ratio is None else eps * max(params.step_ratio, 2.5 / params.steps),
-        **params.attack_options(), seed=derived_seed(params.seed, "attack", k, *tag), device=device,
+        recipe=attacks.Recipe(**params.attack_options(), step_ratio=params.step_ratio),
+        seed=derived_seed(params.seed, "attack", k, *tag), device=device,
         batch_size=params.batch_size, progress=ticker if ticker is not None else False,
     )
     adv = attacks.quantize(x_adv.cpu(), x0, levels).cpu()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attacks
+from attacks import Recipe
 from attacks.foolbox_backend import imagenet_samples, linf_pgd_foolbox
 
 torch.set_num_threads(2)
@@ -67,19 +68,21 @@ def test_bad_input_raises_clear_errors(lite0):
     with pytest.raises(ValueError, match="unknown model"):
         attacks.load_model("no_such_model_xyz")
     with pytest.raises(ValueError, match="unknown target"):
-        attacks.linf_pgd(lite0, x, ["cat", "unicorn"], 8 / 255, steps=1)
+        attacks.linf_pgd(lite0, x, ["cat", "unicorn"], 8 / 255, recipe=Recipe(steps=1))
     with pytest.raises(ValueError, match="eps must lie in"):
-        attacks.linf_pgd(lite0, x, ["cat", "cat"], 2.0, steps=1)
+        attacks.linf_pgd(lite0, x, ["cat", "cat"], 2.0, recipe=Recipe(steps=1))
     with pytest.raises(ValueError, match="eps must lie in"):
-        attacks.linf_pgd(lite0, x, ["cat", "cat"], 0.0, steps=1)
+        attacks.linf_pgd(lite0, x, ["cat", "cat"], 0.0, recipe=Recipe(steps=1))
     with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
-        attacks.linf_pgd(lite0, x * 255, ["cat", "cat"], 8 / 255, steps=1)
+        attacks.linf_pgd(lite0, x * 255, ["cat", "cat"], 8 / 255, recipe=Recipe(steps=1))
     with pytest.raises(ValueError, match="shape"):
-        attacks.linf_pgd(lite0, torch.rand(3, 32, 32), ["cat"], 8 / 255, steps=1)
+        attacks.linf_pgd(lite0, torch.rand(3, 32, 32), ["cat"], 8 / 255, recipe=Recipe(steps=1))
     with pytest.raises(ValueError, match="got 1 targets for 2 images"):
-        attacks.linf_pgd(lite0, x, ["cat"], 8 / 255, steps=1)
+        attacks.linf_pgd(lite0, x, ["cat"], 8 / 255, recipe=Recipe(steps=1))
     with pytest.raises(ValueError, match="steps"):
-        attacks.linf_pgd(lite0, x, ["cat", "cat"], 8 / 255, steps=0)
+        attacks.linf_pgd(lite0, x, ["cat", "cat"], 8 / 255, recipe=Recipe(steps=0))
+    with pytest.raises(ValueError, match="recipe must be"):
+        attacks.linf_pgd(lite0, x, ["cat", "cat"], 8 / 255, recipe={"steps": 1})
 
 
 def test_missing_hub_weights_name_the_file():
@@ -106,7 +109,8 @@ def test_budget_holds_to_the_level_after_rounding(samples, lite0):
     u8 = images[:6].repeat(2, 1, 1, 1)
     eps_levels = torch.tensor([1, 2, 4, 8, 16, 255] * 2)
     targets = ["cat"] * 6 + ["truck"] * 6
-    adv = attacks.linf_pgd(lite0, u8.float() / 255, targets, eps_levels / 255, steps=3, random_start=True, seed=1)
+    adv = attacks.linf_pgd(lite0, u8.float() / 255, targets, eps_levels / 255,
+                           recipe=Recipe(steps=3, random_start=True), seed=1)
     float_linf = (adv - u8.float() / 255).abs().amax(dim=(1, 2, 3)) * 255
     assert (float_linf <= eps_levels + 1e-3).all()
     q = attacks.quantize(adv, u8, eps_levels)
@@ -120,7 +124,7 @@ def test_quantisation_keeps_small_budget_attacks(samples, lite0):
     images, _ = samples
     u8 = images[:8]
     target = torch.full((8,), 281)  # tabby cat
-    adv = attacks.linf_pgd(lite0, u8.float() / 255, target, 2 / 255, steps=20)
+    adv = attacks.linf_pgd(lite0, u8.float() / 255, target, 2 / 255, recipe=Recipe(steps=20))
     q, p_float, p_u8 = attacks.quantization_check(lite0, adv, u8, 2, target)
     assert ((q.int() - u8.int()).abs().amax() <= 2)
     with torch.no_grad():
@@ -139,7 +143,7 @@ def test_targeted_success_on_ensemble(samples):
     ens = attacks.load_ensemble(["lite0", "lite1"])
     u8 = images[:10].repeat(2, 1, 1, 1)
     targets = ["cat"] * 10 + ["truck"] * 10
-    adv = attacks.linf_pgd(ens, u8.float() / 255, targets, 16 / 255, steps=20, progress=False)
+    adv = attacks.linf_pgd(ens, u8.float() / 255, targets, 16 / 255, recipe=Recipe(steps=20), progress=False)
     q = attacks.quantize(adv, u8, 16)
     probs = attacks.category_probabilities(ens, q)
     names = list(attacks.categories())
@@ -157,8 +161,8 @@ def test_agrees_with_foolbox_in_the_same_float_order(samples):
     images, _ = samples
     x = images[:4].repeat(2, 1, 1, 1).float() / 255
     target = torch.tensor([281] * 4 + [867] * 4)
-    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, 8 / 255, steps=10, device="cpu")
-    ours = attacks.linf_pgd(attacks.load_model("lite0"), x, target, 8 / 255, steps=10, device="cpu",
+    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, 8 / 255, recipe=Recipe(steps=10), device="cpu")
+    ours = attacks.linf_pgd(attacks.load_model("lite0"), x, target, 8 / 255, recipe=Recipe(steps=10), device="cpu",
                             channels_last=False, batch_size=8)
     assert torch.equal(ours, ref)
 
@@ -179,9 +183,9 @@ def test_agrees_with_foolbox_bit_for_bit_with_the_same_batches(samples):
     summation order (and which kernel oneDNN picks) depends on the batch.
     """
     x, target, eps = _mixed_budget_case(samples)
-    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, eps, steps=10, device="cpu")
+    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, eps, recipe=Recipe(steps=10), device="cpu")
     order = torch.argsort(eps, stable=True)  # each budget's two images side by side, as foolbox batches them
-    ours = attacks.linf_pgd(attacks.load_model("lite0"), x[order], target[order], eps[order], steps=10,
+    ours = attacks.linf_pgd(attacks.load_model("lite0"), x[order], target[order], eps[order], recipe=Recipe(steps=10),
                             device="cpu", channels_last=False, batch_size=2)
     assert torch.equal(ours, ref[order])
 
@@ -200,8 +204,8 @@ def test_agrees_with_foolbox_across_mixed_budgets(samples, channels_last):
     probabilities within MIXED_PROB_TOLERANCE, on any CPU whatever kernels it selects."""
     x, target, eps = _mixed_budget_case(samples)
     lite0 = attacks.load_model("lite0")
-    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, eps, steps=10, device="cpu")
-    ours = attacks.linf_pgd(attacks.load_model("lite0"), x, target, eps, steps=10, device="cpu",
+    ref = linf_pgd_foolbox(attacks.load_model("lite0"), x, target, eps, recipe=Recipe(steps=10), device="cpu")
+    ours = attacks.linf_pgd(attacks.load_model("lite0"), x, target, eps, recipe=Recipe(steps=10), device="cpu",
                             channels_last=channels_last, batch_size=8)
     assert ((ours - x).abs().amax(dim=(1, 2, 3)) <= eps + 1e-6).all()
     p_ref, p_ours = attacks.target_probability(lite0, ref, target), attacks.target_probability(lite0, ours, target)
@@ -217,10 +221,10 @@ def test_seeded_random_start_is_reproducible_and_leaves_global_rng_alone(samples
     torch.manual_seed(123)
     before = torch.rand(3)
     torch.manual_seed(123)
-    a = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=7)
+    a = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, recipe=Recipe(steps=1, random_start=True), seed=7)
     after = torch.rand(3)
-    b = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=7)
-    c = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, random_start=True, seed=8)
+    b = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, recipe=Recipe(steps=1, random_start=True), seed=7)
+    c = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, recipe=Recipe(steps=1, random_start=True), seed=8)
     assert torch.equal(before, after)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
@@ -233,12 +237,12 @@ def test_translation_invariant_smoothing(samples, lite0):
     assert torch.equal(k, k.flip(-1)) and torch.equal(k, k.transpose(-1, -2)) and k[0, 0, 2, 2] == k.max()
     images, _ = samples
     x = images[:2].float() / 255
-    plain = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=3, seed=0)
-    smooth = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=3, seed=0, ti_kernel=5)
+    plain = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, recipe=Recipe(steps=3), seed=0)
+    smooth = attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, recipe=Recipe(steps=3, ti_kernel=5), seed=0)
     assert (smooth - x).abs().max() <= 4 / 255 + 1e-6 and not torch.equal(plain, smooth)
     for bad in (2, 4, -1, 1):
         with pytest.raises(ValueError, match="ti_kernel must be 0"):
-            attacks.linf_pgd(lite0, x, ["cat", "truck"], 4 / 255, steps=1, ti_kernel=bad)
+            Recipe(steps=1, ti_kernel=bad)
 
 
 _COUNT_PASSES = r"""
@@ -253,7 +257,7 @@ else:  # a small real convolutional net, so that a job large enough to try chunk
 images = []
 model.register_forward_hook(lambda mod, inp, out: images.append(inp[0].shape[0]))
 x = torch.rand(int(sys.argv[1]), 3, 64, 64, generator=torch.Generator().manual_seed(0))
-attacks.linf_pgd(model, x, ["cat"] * x.shape[0], 4 / 255, steps=int(sys.argv[2]), device="cpu")
+attacks.linf_pgd(model, x, ["cat"] * x.shape[0], 4 / 255, recipe=attacks.Recipe(steps=int(sys.argv[2])), device="cpu")
 print(sum(images), len(images))
 """
 
@@ -284,7 +288,7 @@ def test_the_callers_model_is_left_as_it_was(samples):
     model = attacks.load_model("lite0").train()
     before = {name: (p.data_ptr(), p.stride(), p.device) for name, p in model.named_parameters()}
     modes = [m.training for m in model.modules()]
-    attacks.linf_pgd(model, images[:2].float() / 255, ["cat", "truck"], 4 / 255, steps=1, channels_last=True)
+    attacks.linf_pgd(model, images[:2].float() / 255, ["cat", "truck"], 4 / 255, recipe=Recipe(steps=1), channels_last=True)
     after = {name: (p.data_ptr(), p.stride(), p.device) for name, p in model.named_parameters()}
     assert after == before and [m.training for m in model.modules()] == modes
     assert not hasattr(model, "_advbias_layout")
@@ -310,19 +314,84 @@ def test_judge_picks_the_more_likely_image_and_ties_split():
 
 
 def test_chunk_plan_tries_candidates_on_the_work_then_keeps_the_fastest():
-    from attacks.pgd import _CHUNK_CACHE, _ChunkPlan
+    from attacks.chunks import ChunkPlan, cached_chunk, forget_chunks
 
     cpu = torch.device("cpu")
-    key = ("test-key", 1)
-    _CHUNK_CACHE.pop(key, None)
-    plan = _ChunkPlan(200, 50, key, cpu)  # 10,000 image-steps: worth trying
+    model, key = torch.nn.Linear(1, 1), ("test-key", 1)
+    plan = ChunkPlan(200, 50, model, key, cpu)  # 10,000 image-steps: worth trying
     assert plan.timing and plan.next_size() == 8
     plan.record(8, 40.0)
     assert plan.next_size() == 16
     plan.record(16, 60.0)
-    assert not plan.timing and plan.next_size() == 16 and _CHUNK_CACHE[key] == 16
-    assert _ChunkPlan(200, 50, key, cpu).next_size() == 16  # cached for the next call
-    small = _ChunkPlan(32, 5, ("other", 2), cpu)  # 160 image-steps: not worth a second shape
+    assert not plan.timing and plan.next_size() == 16 and cached_chunk(model, key) == 16
+    assert ChunkPlan(200, 50, model, key, cpu).next_size() == 16  # remembered for the next call
+    assert ChunkPlan(200, 50, torch.nn.Linear(1, 1), key, cpu).timing  # another model chooses for itself
+    small = ChunkPlan(32, 5, model, ("other", 2), cpu)  # 160 image-steps: not worth a second shape
     assert not small.timing and small.next_size() == 8
-    assert _ChunkPlan(12, 50, ("other", 3), cpu).next_size() == 12
-    _CHUNK_CACHE.pop(key, None)
+    assert ChunkPlan(12, 50, model, ("other", 3), cpu).next_size() == 12
+    forget_chunks(model)
+    assert cached_chunk(model, key) is None
+
+
+def test_chunk_choices_die_with_their_model():
+    """The choice is kept per model object, not per memory address: a collected model leaves no entry
+    that a new model at the same address could inherit."""
+    import gc
+
+    from attacks.chunks import _CHUNK_CACHE, cached_chunk, remember_chunk
+
+    model = torch.nn.Linear(1, 1)
+    remember_chunk(model, ("k",), 16)
+    assert cached_chunk(model, ("k",)) == 16 and len(_CHUNK_CACHE) >= 1
+    before = len(_CHUNK_CACHE)
+    del model
+    gc.collect()
+    assert len(_CHUNK_CACHE) == before - 1
+
+
+def test_recipe_is_checked_and_round_trips():
+    r = Recipe(steps="40", loss="LOGIT", step_ratio="0.25", momentum="1", cfm_prob=0.1, finish_steps=5)
+    assert (r.steps, r.loss, r.step_ratio, r.momentum) == (40, "logit", 0.25, 1.0)
+    assert Recipe.from_dict(r.to_dict()) == r and Recipe.from_dict(attacks.DEFAULT_RECIPE.to_dict()) == attacks.DEFAULT_RECIPE
+    # One step-size rule: the ratio, never below Madry's 2.5 / steps; Madry's without a ratio.
+    assert Recipe(steps=10, step_ratio=0.125).step_fraction() == 0.25
+    assert Recipe(steps=200, step_ratio=0.125).step_fraction() == 0.125
+    assert Recipe(steps=100).step_fraction() == 0.025
+    # A recipe written before an option existed reads with the option off.
+    old = {"steps": 200, "loss": "logit", "momentum": 1.0, "input_diversity": 0.7, "ti_kernel": 5, "step_ratio": 0.125}
+    assert Recipe.from_dict(old).cfm_prob == 0 and Recipe.from_dict(old).finish_steps == 0
+    for bad, match in (({"steps": 0}, "steps"), ({"steps": 5, "loss": "hinge"}, "loss must be"),
+                       ({"steps": 5, "momentum": 2}, "momentum"), ({"steps": 5, "cfm_prob": -0.1}, "cfm_prob"),
+                       ({"steps": 5, "finish_steps": 6}, "finish_steps"), ({"steps": 5, "step_ratio": 0}, "step_ratio"),
+                       ({"steps": 5, "colour": 1}, "unknown recipe key")):
+        with pytest.raises(ValueError, match=match):
+            Recipe.from_dict(bad)
+
+
+def test_clean_feature_mixup_changes_the_attack_and_leaves_no_hooks(samples, lite0):
+    """CFM mixes clean features into the attacked model's layers: with it the seeded attack differs, stays
+    within budget, is reproducible, and the model has no hooks left; mixing at every layer with weight 0 is
+    the plain attack exactly (the hooks themselves change nothing)."""
+    images, _ = samples
+    x = images[:4].float() / 255
+    targets = ["cat", "truck", "cat", "truck"]
+    base = Recipe(steps=3, loss="logit", step_ratio=0.25)
+    plain = attacks.linf_pgd(lite0, x, targets, 4 / 255, recipe=base, seed=0)
+    zero = attacks.linf_pgd(lite0, x, targets, 4 / 255, recipe=base.but(cfm_prob=1.0, cfm_max=0.0), seed=0)
+    mixed = attacks.linf_pgd(lite0, x, targets, 4 / 255, recipe=base.but(cfm_prob=1.0), seed=0)
+    again = attacks.linf_pgd(lite0, x, targets, 4 / 255, recipe=base.but(cfm_prob=1.0), seed=0)
+    assert torch.equal(plain, zero)
+    assert not torch.equal(plain, mixed) and torch.equal(mixed, again)
+    assert (mixed - x).abs().max() <= 4 / 255 + 1e-6
+    assert all(not m._forward_hooks for m in lite0.modules())
+
+
+def test_finishing_steps_and_resized_diversity_keep_the_budget(samples, lite0):
+    images, _ = samples
+    x = images[:2].float() / 255
+    r = Recipe(steps=4, loss="logit", step_ratio=0.25, momentum=1.0, input_diversity=1.0, resize_back=True,
+               ti_kernel=5, cfm_prob=0.5, finish_steps=2)
+    adv = attacks.linf_pgd(lite0, x, ["cat", "truck"], 2 / 255, recipe=r, seed=3)
+    assert (adv - x).abs().max() <= 2 / 255 + 1e-6
+    assert not torch.equal(adv, attacks.linf_pgd(lite0, x, ["cat", "truck"], 2 / 255, recipe=r.but(finish_steps=0),
+                                                 seed=3))

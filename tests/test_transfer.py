@@ -7,7 +7,8 @@ import torch
 import attacks
 from advbias.cli import main as cli_main
 from attacks.foolbox_backend import imagenet_samples
-from attacks.transfer import RECIPES, Recipe, evaluate, parse_photos, splits
+from attacks import Recipe
+from attacks.transfer import RECIPES, Candidate, evaluate, parse_photos, splits
 
 
 def test_leave_one_model_out_splits_and_photo_ranges():
@@ -22,10 +23,11 @@ def test_leave_one_model_out_splits_and_photo_ranges():
         splits(["lite0", "lite1"], ["lite2"])
 
 
-def test_every_recipe_is_a_valid_engine_call():
-    for recipe in RECIPES.values():
-        assert recipe.loss in attacks.pgd.LOSSES and recipe.steps >= 1
-        assert recipe.ti_kernel == 0 or recipe.ti_kernel % 2 == 1
+def test_every_recipe_is_a_checked_recipe_and_the_names_are_unique():
+    assert len({c.recipe for c in RECIPES.values() if c.weights is None}) == sum(
+        c.weights is None for c in RECIPES.values())
+    for candidate in RECIPES.values():
+        assert isinstance(candidate.recipe, Recipe) and Recipe.from_dict(candidate.recipe.to_dict()) == candidate.recipe
 
 
 def test_evaluate_reports_what_the_held_out_model_sees():
@@ -35,12 +37,13 @@ def test_evaluate_reports_what_the_held_out_model_sees():
     u8, _ = imagenet_samples(224)
     photos = u8[8:9]
     lite0, lite1 = attacks.load_model("lite0"), attacks.load_model("lite1")
-    recipe = Recipe("tiny", loss="logit", steps=3, momentum=1.0, input_diversity=0.7, ti_kernel=5, step_ratio=0.5)
-    (res,) = evaluate(recipe, [lite0], lite1, photos, ["cat", "truck"], [16], device=torch.device("cpu"), seed=0)
+    recipe = Recipe(loss="logit", steps=3, momentum=1.0, input_diversity=0.7, ti_kernel=5, step_ratio=0.5, cfm_prob=0.1)
+    (res,) = evaluate(Candidate("tiny", recipe), [lite0], lite1, photos, ["cat", "truck"], [16],
+                      device=torch.device("cpu"), seed=0)
     assert res.n_images == 2 and res.attacked == "lite0" and res.held_out == "lite1" and res.eps == 16
     assert 0 <= res.ensemble_success <= 1 and 0 <= res.heldout_success <= 1 and 0 <= res.heldout_prob <= 1
     assert res.heldout_bias in (0.0, 0.25, 0.5, 0.75, 1.0) and res.seconds > 0
-    assert res.options["step_ratio"] == 0.5 and res.options["ti_kernel"] == 5
+    assert Recipe.from_dict({k: v for k, v in res.options.items() if k != "weights"}) == recipe
 
 
 def test_cli_bad_recipe_is_one_line(capsys):
@@ -50,12 +53,13 @@ def test_cli_bad_recipe_is_one_line(capsys):
 
 
 def test_the_stimulus_default_is_the_recipe_the_benchmark_chose():
-    """``advbias stimuli generate`` uses the recipe chosen by the transfer benchmark (docs/benchmarks.md)."""
-    from attacks.transfer import CHOSEN
-    from stimuli.params import DEFAULT_RECIPE
+    """``advbias stimuli generate`` uses the recipe chosen by the transfer benchmark (docs/benchmarks.md): the
+    same object, so the benchmark measured exactly what the generator makes."""
+    from attacks.transfer import chosen
+    from stimuli.params import make_params
 
-    chosen = RECIPES[CHOSEN]
-    assert DEFAULT_RECIPE == {"steps": chosen.steps, "loss": chosen.loss, "momentum": chosen.momentum,
-                              "input_diversity": chosen.input_diversity, "ti_kernel": chosen.ti_kernel,
-                              "step_ratio": chosen.step_ratio}
-    assert chosen.weights is None  # generate averages the attacked models' logits with equal weights
+    candidate = RECIPES[chosen()]
+    assert candidate.recipe == attacks.DEFAULT_RECIPE and candidate.weights is None
+    params = make_params("builtin", "cat:truck", "2,4", models="lite0", holdout=None, controls=None, size=224,
+                         seed=0, limit=None, batch_size="auto", device="cpu")
+    assert params.recipe == attacks.DEFAULT_RECIPE
