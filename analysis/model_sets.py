@@ -66,13 +66,13 @@ def model_set_contrasts(df: "pd.DataFrame", config: AnalysisConfig | None = None
     """``model_set_contrasts.csv``: each pair of sets (earlier minus later, sorted) within each trial type."""
     import pandas as pd
 
-    from . import effects, stats
+    from . import common, effects
 
     config = config or AnalysisConfig()
-    main = stats._main(df)
+    main = common.main_trials(df)
     sets = model_sets_of(df)
     rows: list[dict[str, Any]] = []
-    for condition in sorted(main["condition"].unique(), key=lambda c: stats._CONDITION_ORDER.get(c, 99)):
+    for condition in sorted(main["condition"].unique(), key=lambda c: common.CONDITION_ORDER.get(c, 99)):
         # The trial-type contrasts, with the model set standing in the "condition" column.
         subset = main[main["condition"] == condition].assign(condition=lambda d: d["model_set"].astype(str))
         for i, a in enumerate(sets):
@@ -84,7 +84,7 @@ def model_set_contrasts(df: "pd.DataFrame", config: AnalysisConfig | None = None
     out = pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
     for method in ("paired t", "glmm"):  # pooled rows: Holm across set pairs and trial types
         pooled = (out["method"] == method) & (out["eps"] == "all")
-        out.loc[pooled, "p_holm"] = stats._holm(out.loc[pooled, "p"].to_numpy(float))
+        out.loc[pooled, "p_holm"] = common.holm(out.loc[pooled, "p"].to_numpy(float))
     return out
 
 
@@ -129,13 +129,13 @@ def mixed_model_by_model_set(df: "pd.DataFrame", config: AnalysisConfig | None =
     """``mixed_model_by_model_set.csv``: the model set as a term of each trial type's mixed model."""
     import pandas as pd
 
-    from . import stats
+    from . import common
 
     config = config or AnalysisConfig()
-    main = stats._main(df).assign(model_set=lambda d: d["model_set"].fillna("").astype(str))
+    main = common.main_trials(df).assign(model_set=lambda d: d["model_set"].fillna("").astype(str))
     sets = model_sets_of(df)
     rows: list[dict] = []
-    for condition in sorted(main["condition"].unique(), key=lambda c: stats._CONDITION_ORDER.get(c, 99)):
+    for condition in sorted(main["condition"].unique(), key=lambda c: common.CONDITION_ORDER.get(c, 99)):
         rows += _set_term_fit(main[main["condition"] == condition], condition, sets, config)
     out = pd.DataFrame(rows)
     first = ["condition", "term", "estimate", "std_err", "z", "p", "ci_low", "ci_high", "odds_ratio", "chi2",
