@@ -157,6 +157,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
     from flask import Flask
 
     from experiment.db import Database, check_schema
+    from experiment.models import utcnow
 
     settings = settings_from_env(config)
     from experiment.participants import parse_start_limit
@@ -185,9 +186,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
         PERMANENT_SESSION_LIFETIME=8 * 3600,
         JSON_SORT_KEYS=False,
         ADVBIAS=settings,
+        CLOCK=utcnow,  # a callable for the current UTC time (login back-off, start-limit windows)
     )
     if config:
-        for key in ("TESTING", "CLOCK"):  # CLOCK: a callable for the current UTC time (throttle windows)
+        for key in ("TESTING", "CLOCK"):  # tests pass a clock they can move
             if key in config:
                 app.config[key] = config[key]
     app.extensions["advbias"] = AdvbiasState(db, stimulus_store(settings))

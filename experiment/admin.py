@@ -32,7 +32,6 @@ from flask import (
 from experiment import accounts, errors, monitor, rehearsal
 from experiment.accounts import MIN_PASSWORD_LENGTH, USERNAME, set_password  # noqa: F401  (public names)
 from experiment.db import Database
-from experiment.models import utcnow
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -76,7 +75,7 @@ def login():  # type: ignore[no-untyped-def]
     username = request.form.get("username") or USERNAME
     result = accounts.authenticate(
         _db(), current_app.config["SECRET_KEY"], username, request.form.get("password", ""),
-        request.remote_addr or "", clock=current_app.config.get("CLOCK", utcnow),
+        request.remote_addr or "", clock=current_app.config["CLOCK"],
     )
     if result.retry_after > 0:
         wait = math.ceil(result.retry_after)

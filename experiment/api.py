@@ -15,7 +15,6 @@ from flask import Blueprint, current_app, jsonify, request
 
 from experiment import errors, fields, participants, rehearsal, responses, study
 from experiment.db import Database, current_revision
-from experiment.models import utcnow
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 #: The start call's body: Prolific's three URL parameters, to resume the browser's own token, and the
@@ -67,7 +66,7 @@ def start(slug: str):  # type: ignore[no-untyped-def]
     data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
     limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
     policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window,
-                                      clock=current_app.config.get("CLOCK", utcnow))
+                                      clock=current_app.config["CLOCK"])
     preview = bool(data.get("preview"))
     if preview and not rehearsal.is_preview(study.find_experiment(_db(), slug), data["preview"]):
         raise errors.Forbidden("this preview link is not valid (it may belong to another study)", reason="bad_preview")
@@ -97,14 +96,15 @@ def browser_check(token: str):  # type: ignore[no-untyped-def]
     return jsonify(participants.record_browser_check(_db(), token, _body()))
 
 
-_DIGITS = re.compile(r"[0-9]{1,9}", re.ASCII)
+_DIGITS = re.compile(r"-?[0-9]{1,9}", re.ASCII)
 
 
 def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     value = request.args.get(name)
     if value is None or value == "":
         return default
-    # int() would also take " 1\n" and Unicode digits ("\uff11"): only ASCII digits, whole.
+    # int() would also take " 1\n" and Unicode digits ("\uff11"): only ASCII digits (and a sign), whole;
+    # a negative number is an integer out of range, and is told so.
     if not _DIGITS.fullmatch(value):
         raise errors.StudyError(f"query parameter {name} must be an integer")
     number = int(value)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import struct
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from experiment.models import Experiment, Participant, Trial
+from experiment.models import Experiment, Participant, Stimulus, Trial
 from experiment.stimulus_set import delivery_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,3 +110,25 @@ def lookup(db: "Database", slug: str, participant: str, name: str) -> str | None
 def image_bytes(store: Path, stimulus_id: str) -> bytes | None:
     """The fixed-length encoding served for one image (None if the store lacks it)."""
     return delivery_bytes(store, stimulus_id)
+
+
+_IMAGE_PX: dict[tuple[str, str], int] = {}
+_IMAGE_PX_LOCK = threading.Lock()
+
+
+def image_px(db: "Database", store: Path, exp: Experiment) -> int:
+    """The side of the set's images in pixels (from a delivered PNG's header), so the page draws them at an
+    integer multiple of their own size (no resampling); 224 if the store cannot tell. Cached per set."""
+    key = (exp.slug, exp.set_hash)
+    with _IMAGE_PX_LOCK:
+        if key in _IMAGE_PX:
+            return _IMAGE_PX[key]
+    with db.session() as session:
+        stimulus_id = session.scalar(select(Stimulus.stimulus_id).where(Stimulus.experiment_id == exp.id).limit(1))
+    data = image_bytes(store, stimulus_id) if stimulus_id else None
+    if not data or len(data) < 24 or data[12:16] != b"IHDR":
+        return 224
+    side = struct.unpack(">I", data[16:20])[0]
+    with _IMAGE_PX_LOCK:
+        _IMAGE_PX[key] = side
+    return side

@@ -8,23 +8,16 @@ per-participant keyed aliases in a fixed-length encoding (experiment/delivery.py
 """
 from __future__ import annotations
 
-import struct
-import threading
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, render_template
-from sqlalchemy import select
 
 from experiment import delivery, errors, study
 from experiment.config import estimate_minutes
-from experiment.models import Experiment, Stimulus
 
 bp = Blueprint("pages", __name__)
 #: Where a participant turned away is sent to return the study (studies that send people back to Prolific).
 PROLIFIC_HOME = "https://app.prolific.com/"
-#: Image side per experiment (images never change once imported), read once from a delivered PNG.
-_IMAGE_PX: dict[tuple[str, str], int] = {}
-_IMAGE_PX_LOCK = threading.Lock()
 
 
 @bp.get("/")
@@ -62,7 +55,8 @@ def run(slug: str):  # type: ignore[no-untyped-def]
             "min-refresh-hz": settings.get("min_refresh_hz", 0),
             "redirect-after-s": settings.get("redirect_after_s", 10),
             "progress": int(bool(settings.get("progress", True))),
-            "image-px": image_px(exp),
+            "image-px": delivery.image_px(current_app.extensions["advbias"].db,
+                                          current_app.extensions["advbias"].store, exp),
         },
     )
 
@@ -73,25 +67,6 @@ def return_url(settings: dict) -> str | None:
     host = urlsplit(settings.get("redirect_url") or "").hostname or ""
     on_prolific = settings.get("require_prolific_pid") or host == "prolific.com" or host.endswith(".prolific.com")
     return PROLIFIC_HOME if on_prolific else None
-
-
-def image_px(exp: Experiment) -> int:
-    """The side of the set's images in pixels (from a delivered PNG's header), so the page draws them at an
-    integer multiple of their own size (no resampling); 224 if the store cannot tell."""
-    key = (exp.slug, exp.set_hash)
-    with _IMAGE_PX_LOCK:
-        if key in _IMAGE_PX:
-            return _IMAGE_PX[key]
-    state = current_app.extensions["advbias"]
-    with state.db.session() as session:
-        stimulus_id = session.scalar(select(Stimulus.stimulus_id).where(Stimulus.experiment_id == exp.id).limit(1))
-    data = delivery.image_bytes(state.store, stimulus_id) if stimulus_id else None
-    if not data or len(data) < 24 or data[12:16] != b"IHDR":
-        return 224
-    side = struct.unpack(">I", data[16:20])[0]
-    with _IMAGE_PX_LOCK:
-        _IMAGE_PX[key] = side
-    return side
 
 
 def _paragraphs(text: str) -> list[str]:

@@ -106,10 +106,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.model_sets and args.models is not None:
         raise CLIError("give --models (one set) or --model-set (one or more named sets), not both")
-    recipe = {k: v for k, v in (("steps", args.steps), ("loss", args.loss), ("momentum", args.momentum),
-                                ("input_diversity", args.input_diversity), ("ti_kernel", args.ti_kernel),
-                                ("step_ratio", args.step_ratio))
-              if v is not None}
+    from stimuli.params import RECIPE_OPTIONS
+
+    recipe = {k: getattr(args, k) for k in RECIPE_OPTIONS}
     summary = generate_set(
         args.images, args.pairs, args.eps, out=args.out, models=args.models or "lite0", model_sets=args.model_sets,
         holdout=args.holdout,

@@ -45,7 +45,6 @@ from advbias.setdir import (
 from stimuli.dist import Dist, resolve_device
 from stimuli.files import save_stimulus
 from stimuli.params import (
-    DEFAULT_RECIPE,
     SetParams,
     derived_seed,
     make_params,
@@ -174,7 +173,7 @@ def _attack(clean: "torch.Tensor", items, k: int, params: SetParams, scorer: Sco
     torch.manual_seed(derived_seed(params.seed, "unit", k, *tag))
     x_adv = attacks.linf_pgd(
         scorer.ensemble, x0.float() / 255.0, [it[3] for it in items], eps,
-        recipe=attacks.Recipe(**params.attack_options(), step_ratio=params.step_ratio),
+        recipe=params.recipe,
         seed=derived_seed(params.seed, "attack", k, *tag), device=device,
         batch_size=params.batch_size, progress=ticker if ticker is not None else False,
     )
@@ -302,7 +301,7 @@ def generate_set(
     eps: Any = (2, 16),
     *,
     out: str | os.PathLike,
-    steps: Any = DEFAULT_RECIPE["steps"],
+    steps: Any = None,
     models: Any = ("lite0",),
     model_sets: Any = None,
     holdout: Any = None,
@@ -312,11 +311,11 @@ def generate_set(
     limit: Any = None,
     device: str = "auto",
     batch_size: Any = "auto",
-    loss: Any = DEFAULT_RECIPE["loss"],
-    momentum: Any = DEFAULT_RECIPE["momentum"],
-    input_diversity: Any = DEFAULT_RECIPE["input_diversity"],
-    ti_kernel: Any = DEFAULT_RECIPE["ti_kernel"],
-    step_ratio: Any = DEFAULT_RECIPE["step_ratio"],
+    loss: Any = None,
+    momentum: Any = None,
+    input_diversity: Any = None,
+    ti_kernel: Any = None,
+    step_ratio: Any = None,
     progress: bool = True,
 ) -> SetSummary:
     """Build (or finish) the stimulus set in ``out``; returns its summary (a path-like of the folder).
@@ -532,7 +531,5 @@ def _describe_sets(params: SetParams, scorers: dict[str, Scorer] | None) -> list
 
 def _attack_settings(params: SetParams) -> dict[str, Any]:
     """The attack recipe used for every image (the set's method section needs it)."""
-    step = ("2.5 * eps / steps" if params.step_ratio is None
-            else f"max({params.step_ratio:g}, 2.5 / steps) * eps = {max(params.step_ratio, 2.5 / params.steps):g} * eps")
-    return {"method": "targeted L-infinity PGD (attacks.linf_pgd)", "step_size": step, "random_start": False,
-            **params.recipe()}
+    return {"method": "targeted L-infinity PGD (attacks.linf_pgd)", "step_size": params.recipe.describe_step(),
+            **params.recipe.to_dict()}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from advbias.manifest import MODEL_SET_NAME, model_set_name
+from attacks.recipe import DEFAULT_RECIPE, Recipe
 from stimuli.sources import Source
 
 CONTROLS: tuple[str, ...] = ("flip", "noise", "phase")
@@ -24,10 +25,9 @@ CONTROLS: tuple[str, ...] = ("flip", "noise", "phase")
 #: drops past ~16 images in cache); GPUs want large ones.
 AUTO_BATCH = {"cpu": 16, "cuda": 256, "mps": 64}
 
-#: The attack recipe used when none is given: chosen by ``advbias bench transfer``
-#: (docs/benchmarks.md, section "Transfer"; docs/stimuli.md says what to expect).
-DEFAULT_RECIPE: dict[str, Any] = {"steps": 200, "loss": "logit", "momentum": 1.0, "input_diversity": 0.7,
-                                  "ti_kernel": 5, "step_ratio": 0.125}
+#: The recipe options a set may change, as the CLI names them; the rest are the default recipe's
+#: (:data:`attacks.DEFAULT_RECIPE`, chosen by ``advbias bench transfer``: docs/benchmarks.md, "Transfer").
+RECIPE_OPTIONS: tuple[str, ...] = ("steps", "loss", "momentum", "input_diversity", "ti_kernel", "step_ratio")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,6 @@ class SetParams:
     images: str
     pairs: tuple[tuple[str, str], ...]
     eps: tuple[int, ...]
-    steps: int
     models: tuple[str, ...]
     holdout: tuple[str, ...]
     controls: tuple[str, ...]
@@ -45,13 +44,8 @@ class SetParams:
     seed: int
     limit: int | None
     batch_size: int
-    loss: str = DEFAULT_RECIPE["loss"]
-    momentum: float = DEFAULT_RECIPE["momentum"]
-    input_diversity: float = DEFAULT_RECIPE["input_diversity"]
-    ti_kernel: int = DEFAULT_RECIPE["ti_kernel"]
-    #: step size as a fraction of each budget (0.125: eps / 8 per step), but never less than 2.5 / steps, so
-    #: that short runs still cross the eps-ball; None: 2.5 * eps / steps (Madry et al. 2018)
-    step_ratio: float | None = DEFAULT_RECIPE["step_ratio"]
+    #: what the attack does (:class:`attacks.Recipe`): the default recipe with the options given replaced
+    recipe: Recipe = DEFAULT_RECIPE
     #: the model sets, ``(name, models)`` in the order given; ``models`` is then every attacked model, each once.
     #: Empty means one set of ``models`` named after them (``--models`` alone).
     model_sets: tuple[tuple[str, tuple[str, ...]], ...] = ()
@@ -80,14 +74,9 @@ class SetParams:
     def targets_per_image(self) -> int:
         return len(self.pairs) * 2 * len(self.eps)
 
-    def attack_options(self) -> dict[str, Any]:
-        """The recipe as keyword arguments of :func:`attacks.linf_pgd`."""
-        return {"steps": self.steps, "loss": self.loss, "momentum": self.momentum,
-                "input_diversity": self.input_diversity, "ti_kernel": self.ti_kernel}
-
-    def recipe(self) -> dict[str, Any]:
-        """The recipe as recorded in set.json (``attack_options`` plus the step ratio)."""
-        return {**self.attack_options(), "step_ratio": self.step_ratio}
+    @property
+    def steps(self) -> int:
+        return self.recipe.steps
 
     def identity(self) -> dict[str, Any]:
         """The parameters compared on resume. ``images`` is left out on purpose: the sources
@@ -95,6 +84,8 @@ class SetParams:
         still resumes while a changed one is refused."""
         d = asdict(self)
         d.pop("images")
+        d.pop("recipe")
+        d.update(self.recipe.to_dict())
         d["pairs"] = [f"{a}:{b}" for a, b in self.pairs]
         d["eps"] = list(self.eps)
         d["models"] = list(self.models)
@@ -195,17 +186,6 @@ def _whole(value: Any, option: str, minimum: int, maximum: int | None = None) ->
     return number
 
 
-def _fraction(value: Any, option: str) -> float:
-    """A float in [0, 1] from a number or its string."""
-    try:
-        number = float(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not 0.0 <= number <= 1.0:
-        raise ValueError(f"{option} must be a number between 0 and 1, got {value!r}")
-    return number
-
-
 def _models(models: Any, holdout: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     models_l = _as_list(models, "--models")
     if not models_l:
@@ -272,30 +252,18 @@ def _controls(controls: Any) -> tuple[str, ...]:
     return tuple(c for c in CONTROLS if c in controls_l)
 
 
-def _step_ratio(value: Any) -> float | None:
-    """``None``/``"madry"``: 2.5 * eps / steps; otherwise a fraction of eps in (0, 1]."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "madry"):
-        return None
+def _recipe(options: dict[str, Any]) -> Recipe:
+    """The default recipe with the options given (``None``: the default's) replaced, checked by the recipe
+    itself; its messages name the CLI's flag (``--step-ratio must ...``)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if "steps" in given:
+        given["steps"] = _whole(given["steps"], "--steps", 1)
     try:
-        number = float(value) if not isinstance(value, bool) else None
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not 0.0 < number <= 1.0:
-        raise ValueError(f"--step-ratio must be 'madry' or a fraction of eps in (0, 1], e.g. 0.125, got {value!r}")
-    return number
-
-
-def _recipe(loss: Any, momentum: Any, input_diversity: Any, ti_kernel: Any) -> dict[str, Any]:
-    from attacks.pgd import LOSSES
-
-    loss_s = str(loss).strip().lower()
-    if loss_s not in LOSSES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    ti = _whole(ti_kernel, "--ti-kernel", 0, 63)
-    if ti != 0 and (ti < 3 or ti % 2 == 0):
-        raise ValueError(f"--ti-kernel must be 0 (off) or an odd whole number from 3 to 63, got {ti_kernel!r}")
-    return {"loss": loss_s, "momentum": _fraction(momentum, "--momentum"),
-            "input_diversity": _fraction(input_diversity, "--input-diversity"), "ti_kernel": ti}
+        return DEFAULT_RECIPE.but(**given)
+    except ValueError as exc:
+        message = str(exc)
+        field = next((f for f in RECIPE_OPTIONS if message.startswith(f + " ")), None)
+        raise ValueError(f"--{field.replace('_', '-')}{message[len(field):]}" if field else message) from None
 
 
 def _batch_size(batch_size: Any, device: str) -> int:
@@ -312,7 +280,7 @@ def make_params(
     pairs: Any,
     eps: Any,
     *,
-    steps: Any = DEFAULT_RECIPE["steps"],
+    steps: Any = None,
     models: Any,
     holdout: Any,
     controls: Any,
@@ -322,11 +290,11 @@ def make_params(
     limit: Any,
     batch_size: Any,
     device: str,
-    loss: Any = DEFAULT_RECIPE["loss"],
-    momentum: Any = DEFAULT_RECIPE["momentum"],
-    input_diversity: Any = DEFAULT_RECIPE["input_diversity"],
-    ti_kernel: Any = DEFAULT_RECIPE["ti_kernel"],
-    step_ratio: Any = DEFAULT_RECIPE["step_ratio"],
+    loss: Any = None,
+    momentum: Any = None,
+    input_diversity: Any = None,
+    ti_kernel: Any = None,
+    step_ratio: Any = None,
 ) -> SetParams:
     """Validate every user-facing parameter, before anything is read or written (one-line errors)."""
     pairs_t = parse_pairs(pairs)
@@ -336,11 +304,12 @@ def make_params(
     if images_s != "builtin":
         images_s = str(Path(images_s).expanduser().resolve())
     return SetParams(
-        images=images_s, pairs=pairs_t, eps=eps_t, steps=_whole(steps, "--steps", 1), models=models_t,
+        images=images_s, pairs=pairs_t, eps=eps_t, models=models_t,
         holdout=holdout_t, controls=_controls(controls), size=_whole(size, "--size", 16, 4096),
         seed=_whole(seed, "--seed", 0), limit=None if limit is None else _whole(limit, "--limit", 1),
-        batch_size=_batch_size(batch_size, device), **_recipe(loss, momentum, input_diversity, ti_kernel),
-        step_ratio=_step_ratio(step_ratio), model_sets=sets_t,
+        batch_size=_batch_size(batch_size, device), model_sets=sets_t,
+        recipe=_recipe({"steps": steps, "loss": loss, "momentum": momentum, "input_diversity": input_diversity,
+                        "ti_kernel": ti_kernel, "step_ratio": step_ratio}),
     )
 
 

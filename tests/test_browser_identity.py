@@ -35,10 +35,11 @@ def test_a_known_pid_from_another_session_is_refused(live_study: LiveStudy, chro
     try:
         thief = Participant(other_ctx.new_page(), shots, "other")
         thief.open(url(live_study, slug, "PID-OWN", "s2"))
-        assert thief.next_step() == "error"
+        assert thief.next_step() == "state"
         thief.shot("refused")
-        text = thief.page.locator("#error-text").inner_text()
-        assert "another session" in text
+        assert thief.page.locator("#app").get_attribute("data-state") == "duplicate"
+        text = thief.page.locator("#screen-state .state[data-state=duplicate]").inner_text()
+        assert "already started this study" in text
         assert thief.page.evaluate("localStorage.length") == 0  # no token reached this browser
     finally:
         other_ctx.close()

@@ -75,7 +75,10 @@ def test_sigkill_loses_no_acknowledged_answer(live_study: Any) -> None:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "participants did not finish after the restart"
     assert not failures, failures
-    assert all(p.done and p.completion_code for p in people)
+    # Every participant reached an end: completed ones hold the code; the simulated chooser alternates sides,
+    # so some fail the catch trials and are screened out (no screen-out code is set by default).
+    assert all(p.done for p in people)
+    assert all(bool(p.completion_code) == (p.status == "completed") for p in people), [p.status for p in people]
 
     acks = [a for p in people for a in p.acks]
     final = compare(acks, stored_answers(live_study.database_url, slug))

@@ -94,11 +94,12 @@ def test_report_shows_the_observer_curves(observed, capsys):
 
 
 def test_set_json_records_the_recipe(observed):
-    from stimuli.params import DEFAULT_RECIPE
+    import attacks
 
     meta = json.loads((observed / "set.json").read_text())
-    recipe = {k: meta["parameters"][k] for k in DEFAULT_RECIPE}
-    assert recipe == {**DEFAULT_RECIPE, "steps": 10}
+    expected = attacks.DEFAULT_RECIPE.but(steps=10).to_dict()
+    recipe = {k: meta["parameters"][k] for k in expected}
+    assert recipe == expected and attacks.Recipe.from_dict(recipe) == attacks.DEFAULT_RECIPE.but(steps=10)
     assert {k: meta["attack"][k] for k in recipe} == recipe
 
 

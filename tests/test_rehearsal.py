@@ -83,7 +83,7 @@ class Truth:
                                     .where(Experiment.slug == self.slug, who)).one()
             for trial in s.scalars(select(Trial).where(Trial.participant_id == person.id,
                                                        Trial.index >= person.next_index).order_by(Trial.index)):
-                if src.endswith(image_url(exp, trial.left_stimulus_id)):
+                if src.endswith(image_url(exp, person.public_id, trial.left_stimulus_id)):
                     return trial.target_side if trial.kind == "catch" else None
         return None  # a trial another tab answered meanwhile: the server refuses this answer anyway
 
