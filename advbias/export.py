@@ -8,6 +8,7 @@ them. One row per answered trial, in the spirit of jsPsych's data.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,19 @@ STATUSES: tuple[str, ...] = ("in_progress", "completed", "screened_out", "void")
 #: Values of ``fullscreen_mode``: what the page enforced (``required``: trials only in fullscreen).
 FULLSCREEN_MODES: tuple[str, ...] = ("required", "recommended", "off")
 SIDES: tuple[str, ...] = ("left", "right")
+
+#: The default catch-trial rule, shared so that the two stages cannot disagree: a participant who gets at least
+#: this share of their catch trials right is paid by the experiment (its default ``max_catch_failures``) and
+#: kept by the analysis (its default ``exclusions.min_catch_accuracy``); one below it is neither. Half: with the
+#: default two catch trials one lapse is forgiven (Prolific lets researchers reject only after two failed
+#: checks), and a participant at or below chance on catch trials is out. Studies that want a stricter rule set
+#: both, in the experiment's TOML and in analysis.toml.
+MIN_CATCH_ACCURACY = 0.5
+
+
+def allowed_catch_failures(n_catch: int, min_accuracy: float = MIN_CATCH_ACCURACY) -> int:
+    """The most catch failures out of ``n_catch`` that keep the accuracy at or above ``min_accuracy``."""
+    return max(0, n_catch - math.ceil(round(min_accuracy * n_catch, 9)))
 
 #: One line per column: what it means (the long form is docs/export.md). Psych-DS's ``variableMeasured`` and
 #: the export's sidecar take these words, so a dataset describes itself wherever it is deposited.

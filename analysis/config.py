@@ -17,7 +17,7 @@ below); an unknown key is an error, so a typo cannot silently disable a rule::
     random_slope = false  # trend model: add an uncorrelated random slope of log2(eps) by participant
 
     [exclusions]
-    min_catch_accuracy = 0.75           # exclude participants below (0 disables)
+    min_catch_accuracy = 0.5            # exclude participants below (0 disables); the experiment screens out the same
     min_rt_ms = 150                     # responses faster than this are dropped (0 disables)
     max_rt_ms = 0                       # responses slower than this are dropped (0 disables)
     max_fast_fraction = 0.10            # exclude participants with more fast responses (1 disables)
@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from advbias.export import MIN_CATCH_ACCURACY
+
 
 #: The declared primary test: the mixed model's intercept (generalises over participants and images) or the
 #: one-sample t-test of participant means (generalises over participants only).
@@ -47,7 +49,7 @@ ALTERNATIVES = ("two-sided", "greater")
 class ExclusionRules:
     """Participant- and trial-level exclusion rules (see the module docstring)."""
 
-    min_catch_accuracy: float = 0.75
+    min_catch_accuracy: float = MIN_CATCH_ACCURACY  # the experiment's default screen-out rule too
     min_rt_ms: float = 150.0
     max_rt_ms: float = 0.0
     max_fast_fraction: float = 0.10

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 
-from advbias.export import FULLSCREEN_MODES
+from advbias.export import FULLSCREEN_MODES, allowed_catch_failures
 from advbias.trials import MAIN_TRIAL_TYPES
 from experiment.design import DEFAULT_QUESTION, DesignConfig
 from experiment.fields import CODE_RE
@@ -187,7 +187,7 @@ def resolve_config(raw: Mapping[str, Any]) -> tuple[DesignConfig, dict[str, Any]
     )
     max_fail = values["max_catch_failures"]
     if max_fail is None:
-        max_fail = design.catch_trials // 2
+        max_fail = allowed_catch_failures(design.catch_trials)  # the analysis's default rule too
     settings = {
         "title": values["title"],
         "question": values["question"],

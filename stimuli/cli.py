@@ -64,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--step-ratio", default=None, metavar="R|madry",
                      help="step size as a fraction of eps, e.g. 0.125 = eps/8 per step (never less than 2.5/steps); "
                           "'madry' for 2.5 x eps / steps (default: the default recipe's, 0.125)")
+    gen.add_argument("--cfm-prob", default=None, metavar="P",
+                     help="Clean Feature Mixup: probability that each eligible layer mixes in clean features, 0 for none "
+                          "(default: the default recipe's, 0.1)")
+    gen.add_argument("--finish-steps", default=None, metavar="N",
+                     help="the last N steps attack the models as they are (no DI, TI or CFM), so that the ensemble "
+                          "itself is fooled at small budgets (default: the default recipe's, 0; docs/benchmarks.md)")
     gen.add_argument("--batch-size", default="auto", metavar="N|auto",
                      help="attack items per batch and work unit (auto: 16 on CPU, 256 on CUDA); part of the set's parameters")
     gen.add_argument("--no-progress", action="store_true", help="do not show the progress bar")

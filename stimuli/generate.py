@@ -316,6 +316,8 @@ def generate_set(
     input_diversity: Any = None,
     ti_kernel: Any = None,
     step_ratio: Any = None,
+    cfm_prob: Any = None,
+    finish_steps: Any = None,
     progress: bool = True,
 ) -> SetSummary:
     """Build (or finish) the stimulus set in ``out``; returns its summary (a path-like of the folder).
@@ -332,7 +334,8 @@ def generate_set(
         images, pairs, eps, steps=steps, models=models, model_sets=model_sets, holdout=holdout, controls=controls,
         size=size,
         seed=seed, limit=limit, batch_size=batch_size, device=dev, loss=loss, momentum=momentum,
-        input_diversity=input_diversity, ti_kernel=ti_kernel, step_ratio=step_ratio,
+        input_diversity=input_diversity, ti_kernel=ti_kernel, step_ratio=step_ratio, cfm_prob=cfm_prob,
+        finish_steps=finish_steps,
     )
     setdir = Path(out).expanduser()
     dist.start(dev)

@@ -27,7 +27,8 @@ AUTO_BATCH = {"cpu": 16, "cuda": 256, "mps": 64}
 
 #: The recipe options a set may change, as the CLI names them; the rest are the default recipe's
 #: (:data:`attacks.DEFAULT_RECIPE`, chosen by ``advbias bench transfer``: docs/benchmarks.md, "Transfer").
-RECIPE_OPTIONS: tuple[str, ...] = ("steps", "loss", "momentum", "input_diversity", "ti_kernel", "step_ratio")
+RECIPE_OPTIONS: tuple[str, ...] = ("steps", "loss", "momentum", "input_diversity", "ti_kernel", "step_ratio",
+                                   "cfm_prob", "finish_steps")
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,8 @@ def make_params(
     input_diversity: Any = None,
     ti_kernel: Any = None,
     step_ratio: Any = None,
+    cfm_prob: Any = None,
+    finish_steps: Any = None,
 ) -> SetParams:
     """Validate every user-facing parameter, before anything is read or written (one-line errors)."""
     pairs_t = parse_pairs(pairs)
@@ -309,7 +312,8 @@ def make_params(
         seed=_whole(seed, "--seed", 0), limit=None if limit is None else _whole(limit, "--limit", 1),
         batch_size=_batch_size(batch_size, device), model_sets=sets_t,
         recipe=_recipe({"steps": steps, "loss": loss, "momentum": momentum, "input_diversity": input_diversity,
-                        "ti_kernel": ti_kernel, "step_ratio": step_ratio}),
+                        "ti_kernel": ti_kernel, "step_ratio": step_ratio, "cfm_prob": cfm_prob,
+                        "finish_steps": finish_steps}),
     )
 
 

@@ -104,9 +104,13 @@ def study(cli, clean_database, stimulus_set, participant, tmp_path):  # type: ig
     """A preregistered experiment with three participants' answers, exported (CSV and Psych-DS)."""
     plan = tmp_path / "analysis.toml"
     plan.write_text(PLAN)
+    # The scripted answers ignore which side a catch trial's asked category is on: let every catch failure pass,
+    # so that nobody is screened out by chance (this fixture is about the plan, not about screening).
+    config = tmp_path / "exp.toml"
+    config.write_text("max_catch_failures = 2\n")
     base = ("--database-url", clean_database)
     status, out, err = cli("experiment", "create", "--stimuli", stimulus_set, "--name", "prereg", "--analysis", plan,
-                           *base)
+                           "--config", config, *base)
     assert status == 0, err
     assert "analysis plan stored at" in out
     for i in range(3):

@@ -210,3 +210,18 @@ def test_admin_shows_screening_preview_link_and_detail(admin_client, db, make_ex
     detail = admin_client.get(f"/admin/experiments/{slug}/participants/{public_id}").get_data(as_text=True)
     assert "scripted" in detail and 'data-testid="void"' not in detail.split("<h2>Answers")[0].split("</dl>")[1]
     assert 'class="long" data-testid="user-agent"' in html  # long user agents wrap (static/style.css)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(n_catch=st.integers(1, 60), data=st.data())
+def test_the_page_pays_exactly_whom_the_analysis_keeps(n_catch: int, data: Any) -> None:
+    """With the defaults, a participant screened out for catch failures is excluded by the analysis, and one who
+    completes is kept: the experiment's rule and the analysis's rule are one."""
+    from analysis.config import ExclusionRules
+    from experiment.responses import screen_flags
+
+    failures = data.draw(st.integers(0, n_catch))
+    _, settings_ = resolve_config({"catch_trials": n_catch})
+    screened = bool(screen_flags(settings_, failures, None, None))
+    excluded = (n_catch - failures) / n_catch < ExclusionRules().min_catch_accuracy
+    assert screened == excluded, (n_catch, failures, settings_["max_catch_failures"])

@@ -55,7 +55,9 @@ def _create(url: str, servers: list[ServerProcess], stimulus_set: Path) -> str:
     db = Database(url)
     try:
         for server in servers:  # as `advbias experiment create` run on each machine
-            create_experiment(db, slug, stimulus_set, {"completion_code": "BOTH-DONE"}, server.instance / "stimuli")
+            # The simulated participants alternate sides, catch trials included: no screening by catch failures here.
+            create_experiment(db, slug, stimulus_set, {"completion_code": "BOTH-DONE", "max_catch_failures": 2},
+                              server.instance / "stimuli")
     finally:
         db.dispose()
     for server in servers:  # each machine has the images in its own instance folder
