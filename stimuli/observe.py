@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.manifest import StimulusRow, read_manifest
 from advbias.observers import read as read_observers, write as write_observers
 from advbias.setdir import image_path, observers_path, read_set_json, require_finished
@@ -40,9 +41,9 @@ def _read_set(setdir: Path) -> tuple[dict[str, Any], list[StimulusRow]]:
 def _model_names(models: Any) -> list[str]:
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else list(models or [])) if m.strip()]
     if not names:
-        raise ValueError("--models: give at least one model to observe with (e.g. lite2)")
+        raise InputError("--models: give at least one model to observe with (e.g. lite2)")
     if len(set(names)) != len(names):
-        raise ValueError(f"--models: a model is listed twice in {','.join(names)}")
+        raise InputError(f"--models: a model is listed twice in {','.join(names)}")
     return names
 
 

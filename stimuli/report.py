@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.manifest import read_records
 from advbias.setdir import atomic_write_text, read_set_json, require_finished
 from stimuli.files import decode_png
@@ -247,9 +248,9 @@ def write_report(setdir: Path, gallery: int | str = 12) -> Path:
     try:
         gallery = int(str(gallery).strip())
     except ValueError:
-        raise ValueError(f"--gallery must be a whole number, got {gallery!r}") from None
+        raise InputError(f"--gallery must be a whole number, got {gallery!r}") from None
     if gallery < 0:
-        raise ValueError(f"--gallery must be 0 or more, got {gallery}")
+        raise InputError(f"--gallery must be 0 or more, got {gallery}")
     meta = read_set_json(setdir)
     p = meta["parameters"]
     rows = read_records(setdir)
