@@ -29,7 +29,7 @@ from advbias.manifest import StimulusRow, read_manifest
 from advbias.observers import read as read_observers, write as write_observers
 from advbias.setdir import image_path, observers_path, read_set_json, require_finished
 from advbias.trials import MAIN_TRIAL_TYPES, ImageIndex, order_index
-from stimuli.files import decode_png
+from stimuli.files import read_stimulus
 from stimuli.params import recorded_model_sets
 
 
@@ -104,7 +104,7 @@ def _probabilities(model: Any, setdir: Path, rows: Sequence[StimulusRow], device
     out: dict[tuple[str, str], float] = {}
     for lo in range(0, len(wanted), 64):
         batch = wanted[lo : lo + 64]
-        px = np.stack([decode_png(image_path(setdir, r.stimulus_id).read_bytes()) for r in batch])
+        px = np.stack([read_stimulus(image_path(setdir, r.stimulus_id)) for r in batch])
         probs = attacks.class_probabilities(model, torch.from_numpy(px).permute(0, 3, 1, 2).contiguous())
         for c in cats:
             pc = attacks.target_probability(None, None, [c] * len(batch), probs=probs)
