@@ -4,7 +4,8 @@ This small package belongs to no stage. It holds what the stages share without
 importing each other (docs/architecture.md):
 
 - :mod:`advbias.cli` - the ``advbias`` command line root (``python -m advbias`` alike);
-- :mod:`advbias.errors` - :class:`~advbias.errors.CLIError`, the one user-error type;
+- :mod:`advbias.errors` - :class:`~advbias.errors.InputError`, the one user-error type (and its
+  :class:`~advbias.errors.CLIError`);
 - :mod:`advbias.manifest` - the stimulus manifest, the file between ``stimuli`` and ``experiment``;
 - :mod:`advbias.export` - the trial export, the file between ``experiment`` and ``analysis``;
 - :mod:`advbias.client` - a participant that takes a study over the HTTP API.

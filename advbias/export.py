@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from advbias.errors import InputError
 from advbias.trials import MAIN_TRIAL_TYPES, TRIAL_TYPES  # noqa: F401  (the ``condition`` values)
 
 #: Column order of the export.
@@ -139,7 +140,7 @@ def write_sidecar(data: str | Path, sidecar: dict[str, Any]) -> Path:
     """Write ``sidecar`` (keys :data:`SIDECAR_KEYS`) beside ``data``, atomically; returns its path."""
     missing = [k for k in SIDECAR_KEYS if k not in sidecar]
     if missing:
-        raise ValueError(f"the export sidecar lacks {', '.join(missing)}")
+        raise InputError(f"the export sidecar lacks {', '.join(missing)}")
     path = sidecar_path(data)
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps({**sidecar, "format": SIDECAR_FORMAT}, indent=2, sort_keys=True) + "\n",
@@ -156,10 +157,10 @@ def read_sidecar(data: str | Path) -> dict[str, Any] | None:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        raise InputError(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(value, dict) or value.get("format") != SIDECAR_FORMAT:
-        raise ValueError(f"{path} is not an export sidecar ({SIDECAR_FORMAT})")
+        raise InputError(f"{path} is not an export sidecar ({SIDECAR_FORMAT})")
     plan = value.get("analysis_plan")
     if plan is not None and (not isinstance(plan, dict) or any(k not in plan for k in PLAN_KEYS)):
-        raise ValueError(f"{path}: analysis_plan must hold {', '.join(PLAN_KEYS)}")
+        raise InputError(f"{path}: analysis_plan must hold {', '.join(PLAN_KEYS)}")
     return value

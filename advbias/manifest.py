@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.setdir import MANIFEST_NAME, atomic_write_text, csv_text, image_file, manifest_path
 
 #: Manifest columns, in file order.
@@ -105,38 +106,38 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
     """Validate one CSV record; ``ValueError`` names the row and the field."""
     sid = (rec["stimulus_id"] or "").strip()
     if not _HEX64.fullmatch(sid):
-        raise ValueError(f"{where}: stimulus_id {sid!r} is not a 64-digit lowercase hex sha256")
+        raise InputError(f"{where}: stimulus_id {sid!r} is not a 64-digit lowercase hex sha256")
     if rec["file"] != image_file(sid):
-        raise ValueError(f"{where}: file {rec['file']!r} should be {image_file(sid)}")
+        raise InputError(f"{where}: file {rec['file']!r} should be {image_file(sid)}")
     cond = rec["condition"]
     if cond not in IMAGE_CONDITIONS:
-        raise ValueError(f"{where}: condition {cond!r} is not one of {', '.join(IMAGE_CONDITIONS)}")
+        raise InputError(f"{where}: condition {cond!r} is not one of {', '.join(IMAGE_CONDITIONS)}")
     try:
         eps = int(rec["eps"] or 0)
     except ValueError:
-        raise ValueError(f"{where}: eps {rec['eps']!r} is not an integer") from None
+        raise InputError(f"{where}: eps {rec['eps']!r} is not an integer") from None
     if not 0 <= eps <= 255:
-        raise ValueError(f"{where}: eps {eps} is outside 0..255")
+        raise InputError(f"{where}: eps {eps} is outside 0..255")
     pair = rec["pair"] or ""
     if pair and (pair.count(":") != 1 or "" in pair.split(":")):
-        raise ValueError(f"{where}: pair {pair!r} is not of the form A:B")
+        raise InputError(f"{where}: pair {pair!r} is not of the form A:B")
     if cond != "clean" and not pair:
-        raise ValueError(f"{where}: a {cond} image needs a pair")
+        raise InputError(f"{where}: a {cond} image needs a pair")
     if cond in TARGETED_CONDITIONS and rec["target"] not in pair.split(":"):
-        raise ValueError(f"{where}: target {rec['target']!r} is not one of the pair {pair!r}")
+        raise InputError(f"{where}: target {rec['target']!r} is not one of the pair {pair!r}")
     prob_text = (rec["ensemble_category_prob"] or "").strip()
     try:
         prob = float(prob_text) if prob_text else None
     except ValueError:
-        raise ValueError(f"{where}: ensemble_category_prob {prob_text!r} is not a number") from None
+        raise InputError(f"{where}: ensemble_category_prob {prob_text!r} is not a number") from None
     sha = rec["source_sha256"] or ""
     if not _SOURCE_HASH.fullmatch(sha):
-        raise ValueError(f"{where}: source_sha256 {sha!r} is not a hex digest")
+        raise InputError(f"{where}: source_sha256 {sha!r} is not a hex digest")
     model_set = (rec.get("model_set") or "").strip()  # absent in manifests from before model sets
     if model_set and not MODEL_SET_NAME.match(model_set):
-        raise ValueError(f"{where}: model_set {model_set!r} is not a model-set name (letters, digits, . _ + -)")
+        raise InputError(f"{where}: model_set {model_set!r} is not a model-set name (letters, digits, . _ + -)")
     if cond == "clean" and model_set:
-        raise ValueError(f"{where}: a clean image belongs to no model set (model_set must be empty)")
+        raise InputError(f"{where}: a clean image belongs to no model set (model_set must be empty)")
     return StimulusRow(
         stimulus_id=sid, source=rec["source"] or "", source_sha256=sha, condition=cond, pair=pair,
         target=rec["target"] or "", eps=eps, pair_key=rec["pair_key"] or "",
@@ -147,16 +148,16 @@ def _parse_row(rec: dict[str, str], where: str) -> StimulusRow:
 def _open_records(path: Path, required: tuple[str, ...]) -> tuple[list[dict[str, str]], str]:
     """The raw records of a manifest-shaped CSV after the header check (``path`` named in errors)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path.parent} is not a stimulus set: {path.name} is missing")
+        raise InputFileNotFound(f"{path.parent} is not a stimulus set: {path.name} is missing")
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
+                raise InputError(f"{path} lacks the column(s) {', '.join(missing)}")
             return [dict(rec) for rec in reader], path.name
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a readable manifest CSV: {exc}") from None
+        raise InputError(f"{path} is not a readable manifest CSV: {exc}") from None
 
 
 def _validated(path: Path, required: tuple[str, ...],
@@ -169,7 +170,7 @@ def _validated(path: Path, required: tuple[str, ...],
         try:
             row: StimulusRow | None = _parse_row(rec, f"{name} line {line}")
             if row.stimulus_id in seen:
-                raise ValueError(f"{name} line {line}: stimulus_id {row.stimulus_id} appears twice")
+                raise InputError(f"{name} line {line}: stimulus_id {row.stimulus_id} appears twice")
             seen.add(row.stimulus_id)
         except ValueError as exc:
             if on_problem is None:
@@ -179,7 +180,7 @@ def _validated(path: Path, required: tuple[str, ...],
         out.append((rec, row))
     if not out:
         if on_problem is None:
-            raise ValueError(f"{path} has no rows")
+            raise InputError(f"{path} has no rows")
         on_problem(f"{path} has no rows")
     return out
 
@@ -194,7 +195,7 @@ def read_manifest(setdir: Path | str) -> list[StimulusRow]:
     """Parse and validate ``SETDIR/manifest.csv``; ``ValueError`` names the bad row, in file order."""
     setdir = Path(setdir)
     if not manifest_path(setdir).is_file():
-        raise FileNotFoundError(f"{setdir} is not a stimulus set: {MANIFEST_NAME} is missing")
+        raise InputFileNotFound(f"{setdir} is not a stimulus set: {MANIFEST_NAME} is missing")
     return [row for _, row in _validated(manifest_path(setdir), REQUIRED, None) if row is not None]
 
 
@@ -253,5 +254,5 @@ def set_id(setdir: Path | str) -> str:
 
     path = manifest_path(setdir)
     if not path.is_file():
-        raise FileNotFoundError(f"{setdir} is not a stimulus set: {path.name} is missing")
+        raise InputFileNotFound(f"{setdir} is not a stimulus set: {path.name} is missing")
     return hashlib.sha256(path.read_bytes()).hexdigest()

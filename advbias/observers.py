@@ -23,6 +23,7 @@ import csv
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.setdir import atomic_write_text, csv_text, observers_path
 
 COLUMNS: tuple[str, ...] = ("model_set", "model", "role", "condition", "eps", "n_judgments", "bias", "ci_low", "ci_high")
@@ -44,18 +45,18 @@ def read(path: str | Path) -> list[dict[str, Any]]:
     if path.is_dir():
         path = observers_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"observers file not found: {path}")
+        raise InputFileNotFound(f"observers file not found: {path}")
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or []) and c not in OPTIONAL]
             if missing:
-                raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+                raise InputError(f"{path} lacks the column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
             rows = [_typed(rec, path, line) for line, rec in enumerate(reader, start=2)]
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path} is not a readable observers CSV: {exc}") from None
+        raise InputError(f"{path} is not a readable observers CSV: {exc}") from None
     if not rows:
-        raise ValueError(f"{path} has a header but no rows")
+        raise InputError(f"{path} has a header but no rows")
     return rows
 
 
@@ -69,12 +70,12 @@ def write(setdir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 def _typed(rec: dict[str, str], path: Path, line: int) -> dict[str, Any]:
     row: dict[str, Any] = {c: (rec.get(c) or "") if c in OPTIONAL else rec[c] for c in COLUMNS}
     if row["role"] not in ROLES:
-        raise ValueError(f"{path} line {line}: role {row['role']!r} is not one of {', '.join(ROLES)}")
+        raise InputError(f"{path} line {line}: role {row['role']!r} is not one of {', '.join(ROLES)}")
     for column, kind in [(c, int) for c in _INTS] + [(c, float) for c in _FLOATS]:
         try:
             row[column] = kind(rec[column])
         except (TypeError, ValueError):
-            raise ValueError(f"{path} line {line}: column '{column}' must be numeric, found {rec[column]!r}") from None
+            raise InputError(f"{path} line {line}: column '{column}' must be numeric, found {rec[column]!r}") from None
     if not 0.0 <= row["bias"] <= 1.0:
-        raise ValueError(f"{path} line {line}: column 'bias' must lie between 0 and 1")
+        raise InputError(f"{path} line {line}: column 'bias' must lie between 0 and 1")
     return row

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from advbias.errors import InputError, InputFileExists
 from advbias.export import COLUMNS, DESCRIPTIONS, SIDECAR_FORMAT
 
 SCHEMA_VERSION = "1.4.0"
@@ -80,7 +81,7 @@ def write_dataset(folder: Path, slug: str, csv_bytes: bytes, sidecar: dict[str, 
     """Write the dataset into ``folder`` (created; files of an earlier export replaced); returns the data file."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"--out {folder} exists and is not a folder")
+        raise InputFileExists(f"--out {folder} exists and is not a folder")
     (folder / DATA_DIR).mkdir(parents=True, exist_ok=True)
     data = folder / DATA_DIR / data_name(slug)
     for path, content in ((data, csv_bytes),
@@ -103,10 +104,10 @@ def read_dataset(folder: Path) -> tuple[Path, dict[str, Any]]:
     try:
         meta = json.loads((folder / DESCRIPTION_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{folder / DESCRIPTION_FILE} is not valid JSON: {exc}") from None
+        raise InputError(f"{folder / DESCRIPTION_FILE} is not valid JSON: {exc}") from None
     files = sorted(p for p in (folder / DATA_DIR).rglob("*_data.csv") if DATAFILE_RE.fullmatch(p.name))
     if len(files) != 1:
-        raise ValueError(f"{folder} holds {len(files)} Psych-DS data files under data/; advbias analyze reads one")
+        raise InputError(f"{folder} holds {len(files)} Psych-DS data files under data/; advbias analyze reads one")
     parts = {p.get("name"): p for p in meta.get("hasPart", []) if isinstance(p, dict)}
     plan = parts.get("analysis plan (analysis.toml)")
     config = json.loads(parts["experiment configuration"]["text"]) if "experiment configuration" in parts else {}

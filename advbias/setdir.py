@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from advbias.errors import InputError, InputFileNotFound
+
 #: Format tag written to set.json; bump when the layout changes incompatibly.
 SET_FORMAT = "advbias-stimulus-set/1"
 #: The names inside a set folder.
@@ -37,7 +39,7 @@ SET_JSON_NAME = "set.json"
 OBSERVERS_NAME = "observers.csv"
 
 
-class SetFileError(ValueError):
+class SetFileError(InputError):
     """A ``set.json`` that cannot be trusted; ``field`` names the offending field ("" for the whole file)."""
 
     def __init__(self, path: Path, field: str, problem: str) -> None:
@@ -78,10 +80,10 @@ def require_finished(setdir: Path | str, hint: str = "") -> Path:
     """
     setdir = Path(setdir)
     if not setdir.is_dir():
-        raise FileNotFoundError(f"stimulus set folder not found: {setdir}")
+        raise InputFileNotFound(f"stimulus set folder not found: {setdir}")
     for name in (MANIFEST_NAME, SET_JSON_NAME):
         if not (setdir / name).is_file():
-            raise FileNotFoundError(f"{setdir} has no {name}: not a finished stimulus set{hint}")
+            raise InputFileNotFound(f"{setdir} has no {name}: not a finished stimulus set{hint}")
     return setdir
 
 
@@ -163,7 +165,7 @@ def read_set_json(where: Path | str) -> dict[str, Any]:
     if path.is_dir():
         path = set_json_path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{SET_JSON_NAME} not found: {path}")
+        raise InputFileNotFound(f"{SET_JSON_NAME} not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # not JSON, not UTF-8, or a number too long to convert

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from advbias.errors import InputError
 from advbias.setdir import OBSERVERS_NAME, SET_JSON_NAME
 
 
@@ -89,7 +90,7 @@ def _pilot_sds(args: argparse.Namespace) -> tuple[float, float, int]:
     kept, _ = apply_exclusions(load_export(args.pilot), config)
     main = kept[(kept["kind"] == "main") & (kept["condition"] == args.condition)]
     if main.empty:
-        raise ValueError(f"the pilot export has no main trials of condition {args.condition!r} after exclusions")
+        raise InputError(f"the pilot export has no main trials of condition {args.condition!r} after exclusions")
     table = mixed_model(main, config, models=("intercept",))
     sds = table[table["effect"] == "ran_pars"].set_index("term")["estimate"]
     participant_sd = float(sds.get("sd(participant)", args.participant_sd))
@@ -116,13 +117,13 @@ def _power(args: argparse.Namespace) -> int:
         args.test = "glmm" if load_config(args.config).primary == "mixed_model" else "ttest"
     if args.test == "trend":
         if not isinstance(bias, dict):
-            raise ValueError("--test trend needs a bias per budget, e.g. --bias 2:0.52,4:0.55,8:0.58,16:0.62")
+            raise InputError("--test trend needs a bias per budget, e.g. --bias 2:0.52,4:0.55,8:0.58,16:0.62")
         result = design_power("trend", bias, args.trials, args.alpha, args.power, **common)
     elif isinstance(bias, dict):
-        raise ValueError(f"--test {args.test} takes one bias, e.g. --bias 0.55 (a bias per budget is for --test trend)")
+        raise InputError(f"--test {args.test} takes one bias, e.g. --bias 0.55 (a bias per budget is for --test trend)")
     elif args.test == "contrast":
         if args.baseline_bias is None:
-            raise ValueError("--test contrast needs --baseline-bias (the control trial type's bias)")
+            raise InputError("--test contrast needs --baseline-bias (the control trial type's bias)")
         result = design_power("contrast", {"condition": bias, "baseline": args.baseline_bias}, args.trials,
                               args.alpha, args.power, **common)
     else:
@@ -162,7 +163,7 @@ def _simulate_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".parquet"):
-        raise ValueError(f"--out must end in .csv or .parquet, got {out.name}")
+        raise InputError(f"--out must end in .csv or .parquet, got {out.name}")
     frame = simulate_export(
         args.participants, args.trials, parse_bias(args.bias), args.participant_sd, args.image_sd,
         eps=args.eps, conditions=tuple(args.conditions.split(",")), n_images=args.images,

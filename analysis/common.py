@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.trials import MAIN_TRIAL_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +25,7 @@ def main_trials(df: "pd.DataFrame") -> "pd.DataFrame":
     """The trials that count for bias: ``kind == "main"`` and not catch; an error if there are none."""
     main = df[(df["kind"] == "main") & (df["condition"] != "catch")]
     if main.empty:
-        raise ValueError("no main trials to analyse (all excluded, or the export holds only practice/catch trials)")
+        raise InputError("no main trials to analyse (all excluded, or the export holds only practice/catch trials)")
     return main
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.export import MIN_CATCH_ACCURACY
 
 
@@ -65,12 +66,12 @@ class ExclusionRules:
                      "max_rt_over_server_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"exclusions.{name} must be between 0 and 1, got {value}")
+                raise InputError(f"exclusions.{name} must be between 0 and 1, got {value}")
         for name in ("min_rt_ms", "max_rt_ms", "min_median_server_rt_ms", "server_rt_slack_ms"):
             if getattr(self, name) < 0:
-                raise ValueError(f"exclusions.{name} must be >= 0, got {getattr(self, name)}")
+                raise InputError(f"exclusions.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_rt_ms and self.max_rt_ms <= self.min_rt_ms:
-            raise ValueError("exclusions.max_rt_ms must be larger than min_rt_ms (or 0 to disable)")
+            raise InputError("exclusions.max_rt_ms must be larger than min_rt_ms (or 0 to disable)")
 
 
 @dataclass(frozen=True)
@@ -91,19 +92,19 @@ class AnalysisConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.chance < 1.0:
-            raise ValueError(f"analysis.chance must be strictly between 0 and 1, got {self.chance}")
+            raise InputError(f"analysis.chance must be strictly between 0 and 1, got {self.chance}")
         if not 0.5 <= self.ci_level < 1.0:
-            raise ValueError(f"analysis.ci_level must be in [0.5, 1), got {self.ci_level}")
+            raise InputError(f"analysis.ci_level must be in [0.5, 1), got {self.ci_level}")
         if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"analysis.alpha must be strictly between 0 and 1, got {self.alpha}")
+            raise InputError(f"analysis.alpha must be strictly between 0 and 1, got {self.alpha}")
         if self.n_boot < 0:
-            raise ValueError(f"analysis.n_boot must be >= 0, got {self.n_boot}")
+            raise InputError(f"analysis.n_boot must be >= 0, got {self.n_boot}")
         if self.nagq not in (0, 1):
-            raise ValueError(f"analysis.nagq must be 0 or 1, got {self.nagq}")
+            raise InputError(f"analysis.nagq must be 0 or 1, got {self.nagq}")
         if self.primary not in PRIMARY_TESTS:
-            raise ValueError(f"analysis.primary must be one of {', '.join(PRIMARY_TESTS)}, got {self.primary!r}")
+            raise InputError(f"analysis.primary must be one of {', '.join(PRIMARY_TESTS)}, got {self.primary!r}")
         if self.alternative not in ALTERNATIVES:
-            raise ValueError(f"analysis.alternative must be one of {', '.join(ALTERNATIVES)}, got {self.alternative!r}")
+            raise InputError(f"analysis.alternative must be one of {', '.join(ALTERNATIVES)}, got {self.alternative!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as nested plain values (written into the report)."""
@@ -115,20 +116,20 @@ def _typed(section: str, cls: type, values: Mapping[str, Any]) -> dict[str, Any]
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise ValueError(f"unknown setting [{section}] {key} (known: {', '.join(sorted(fields))})")
+            raise InputError(f"unknown setting [{section}] {key} (known: {', '.join(sorted(fields))})")
         default = fields[key].default
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise ValueError(f"[{section}] {key} must be true or false, got {value!r}")
+                raise InputError(f"[{section}] {key} must be true or false, got {value!r}")
         elif isinstance(default, str):
             if not isinstance(value, str):
-                raise ValueError(f"[{section}] {key} must be a quoted string, got {value!r}")
+                raise InputError(f"[{section}] {key} must be a quoted string, got {value!r}")
         elif isinstance(default, int):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"[{section}] {key} must be a whole number, got {value!r}")
+                raise InputError(f"[{section}] {key} must be a whole number, got {value!r}")
         elif isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"[{section}] {key} must be a number, got {value!r}")
+                raise InputError(f"[{section}] {key} must be a number, got {value!r}")
             value = float(value)
         out[key] = value
     return out
@@ -138,10 +139,10 @@ def config_from_dict(values: Mapping[str, Any]) -> AnalysisConfig:
     """Build a config from ``{"analysis": {...}, "exclusions": {...}}`` (the TOML layout)."""
     unknown = set(values) - {"analysis", "exclusions"}
     if unknown:
-        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}: expected [analysis] and [exclusions]")
+        raise InputError(f"unknown section(s) {', '.join(sorted(unknown))}: expected [analysis] and [exclusions]")
     for section in ("analysis", "exclusions"):
         if section in values and not isinstance(values[section], Mapping):
-            raise ValueError(f"[{section}] must be a table of settings")
+            raise InputError(f"[{section}] must be a table of settings")
     rules = ExclusionRules(**_typed("exclusions", ExclusionRules, values.get("exclusions", {})))
     return AnalysisConfig(exclusions=rules, **_typed("analysis", AnalysisConfig, values.get("analysis", {})))
 
@@ -152,15 +153,15 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
         return AnalysisConfig()
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise InputFileNotFound(f"config file not found: {path}")
     try:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+        raise InputError(f"{path} is not valid TOML: {exc}") from None
     try:
         return config_from_dict(values)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise InputError(f"{path}: {exc}") from None
 
 
 def as_config(config: AnalysisConfig | Mapping[str, Any] | str | Path | None) -> AnalysisConfig:

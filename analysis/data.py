@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.export import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, KINDS, REQUIRED_COLUMNS, SIDES, STATUSES, TRIAL_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,18 +29,18 @@ def _read_table(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
     if not path.exists():
-        raise FileNotFoundError(f"export file not found: {path}")
+        raise InputFileNotFound(f"export file not found: {path}")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an export file (CSV or Parquet)")
+        raise InputError(f"{path} is a folder, not an export file (CSV or Parquet)")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty: not a trial export")
+        raise InputError(f"{path} is empty: not a trial export")
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic == b"PAR1" or path.suffix.lower() in (".parquet", ".pq"):
         try:
             frame = pd.read_parquet(path)
         except Exception as exc:  # pyarrow raises several unrelated types
-            raise ValueError(f"{path} cannot be read as Parquet: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"{path} cannot be read as Parquet: {str(exc).splitlines()[0]}") from None
         for column in _TEXT_COLUMNS:
             if column in frame.columns:
                 frame[column] = frame[column].astype("string")
@@ -53,9 +54,9 @@ def _read_table(path: Path) -> "pd.DataFrame":
             encoding="utf-8",
         )
     except pd.errors.EmptyDataError:
-        raise ValueError(f"{path} is empty: not a trial export") from None
+        raise InputError(f"{path} is empty: not a trial export") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable CSV export: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{path} is not a readable CSV export: {str(exc).splitlines()[0]}") from None
     return frame
 
 
@@ -64,7 +65,7 @@ def _check_values(frame: "pd.DataFrame", column: str, allowed: Iterable[str], pa
     bad = ~values.isin(list(allowed))
     if bad.any():
         first = values[bad].iloc[0]
-        raise ValueError(
+        raise InputError(
             f"{path}: column '{column}' has {int(bad.sum())} invalid value(s) (first: {first!r}, "
             f"row {int(bad.to_numpy().nonzero()[0][0]) + 2}); expected one of {', '.join(allowed)}"
         )
@@ -85,10 +86,10 @@ def _to_binary(frame: "pd.DataFrame", column: str, path: Path, allow_missing: bo
     bad = out.isna() & ~missing
     if bad.any():
         first = raw[bad].iloc[0]
-        raise ValueError(f"{path}: column '{column}' must be 0/1, found {first!r} "
+        raise InputError(f"{path}: column '{column}' must be 0/1, found {first!r} "
                          f"({int(bad.sum())} invalid value(s))")
     if missing.any() and not allow_missing:
-        raise ValueError(f"{path}: column '{column}' has {int(missing.sum())} empty value(s); it must be 0/1")
+        raise InputError(f"{path}: column '{column}' has {int(missing.sum())} empty value(s); it must be 0/1")
     return out.astype("Int64") if missing.any() else out.astype("int64")
 
 
@@ -100,14 +101,14 @@ def _to_number(frame: "pd.DataFrame", column: str, path: Path, integer: bool, al
     empty = raw.isna() | (raw.astype("string").str.strip() == "").fillna(True)
     bad = values.isna() & ~empty
     if bad.any():
-        raise ValueError(f"{path}: column '{column}' must be numeric, found {raw[bad].iloc[0]!r} "
+        raise InputError(f"{path}: column '{column}' must be numeric, found {raw[bad].iloc[0]!r} "
                          f"({int(bad.sum())} invalid value(s))")
     if empty.any() and not allow_missing:
-        raise ValueError(f"{path}: column '{column}' has {int(empty.sum())} empty value(s)")
+        raise InputError(f"{path}: column '{column}' has {int(empty.sum())} empty value(s)")
     if integer:
         finite = values.dropna()
         if (finite != finite.round()).any():
-            raise ValueError(f"{path}: column '{column}' must hold whole numbers, "
+            raise InputError(f"{path}: column '{column}' must hold whole numbers, "
                              f"found {finite[finite != finite.round()].iloc[0]!r}")
         return values.astype("Int64") if values.isna().any() else values.astype("int64")
     return values.astype("float64")
@@ -123,12 +124,12 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         found = ", ".join(map(str, list(frame.columns)[:6])) or "none"
-        raise ValueError(
+        raise InputError(
             f"{path} is not a trial export: missing column(s) {', '.join(missing)} "
             f"(found: {found}{', ...' if len(frame.columns) > 6 else ''}); see docs/export.md"
         )
     if len(frame) == 0:
-        raise ValueError(f"{path} has a header but no trials")
+        raise InputError(f"{path} has a header but no trials")
     frame = frame.copy()
     for column in _TEXT_COLUMNS:
         if column in frame.columns:
@@ -137,7 +138,7 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     frame["model_set"] = frame["model_set"].fillna("") if "model_set" in frame.columns else ""
     frame["model_set"] = frame["model_set"].astype("string")
     if frame["participant"].isna().any():
-        raise ValueError(f"{path}: column 'participant' has {int(frame['participant'].isna().sum())} empty value(s)")
+        raise InputError(f"{path}: column 'participant' has {int(frame['participant'].isna().sum())} empty value(s)")
     _check_values(frame, "kind", KINDS, path)
     _check_values(frame, "condition", TRIAL_TYPES, path)
     _check_values(frame, "participant_status", STATUSES, path)
@@ -151,7 +152,7 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     frame["blur_events"] = _to_number(frame, "blur_events", path, integer=True, allow_missing=True)
     frame["rt_ms"] = _to_number(frame, "rt_ms", path, integer=False, allow_missing=True)
     if (frame["eps"] < 0).any():
-        raise ValueError(f"{path}: column 'eps' has negative budgets")
+        raise InputError(f"{path}: column 'eps' has negative budgets")
     # ``server_rt_ms`` (server-side time to each answer) is optional: older exports lack it.
     for column in dict.fromkeys((*FLOAT_COLUMNS, "server_rt_ms")):
         if column == "rt_ms":
@@ -164,11 +165,11 @@ def validate_export(frame: "pd.DataFrame", path: str | Path = "export") -> "pd.D
     duplicated = frame.duplicated(["participant", "trial_index"])
     if duplicated.any():
         row = frame[duplicated].iloc[0]
-        raise ValueError(f"{path}: participant {row['participant']} has trial_index {row['trial_index']} "
+        raise InputError(f"{path}: participant {row['participant']} has trial_index {row['trial_index']} "
                          f"more than once ({int(duplicated.sum())} duplicate row(s))")
     statuses = frame.groupby("participant", sort=False)["participant_status"].nunique()
     if (statuses > 1).any():
-        raise ValueError(f"{path}: participant {statuses[statuses > 1].index[0]} has more than one participant_status")
+        raise InputError(f"{path}: participant {statuses[statuses > 1].index[0]} has more than one participant_status")
     return frame.reset_index(drop=True)
 
 

@@ -44,6 +44,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy import linalg, optimize, special, stats
 
+from advbias.errors import InputError
+
 
 @dataclass
 class GLMMResult:
@@ -340,7 +342,7 @@ class _Fitter:
         try:
             inv = linalg.cho_solve(linalg.cho_factor(S, lower=True), np.eye(S.shape[0]))
         except linalg.LinAlgError:
-            raise ValueError("the information matrix is singular (complete separation, or too little data for "
+            raise InputError("the information matrix is singular (complete separation, or too little data for "
                              "this model)") from None
         return inv[-problem.k:, -problem.k:]
 
@@ -399,14 +401,14 @@ def fit_logistic_glmm(
     if not groups:
         raise ValueError("at least one grouping factor is needed")
     if np.linalg.matrix_rank(X) < X.shape[1]:
-        raise ValueError("the fixed-effect design is rank deficient (a budget or condition with no trials?)")
+        raise InputError("the fixed-effect design is rank deficient (a budget or condition with no trials?)")
     if separation not in ("penalize", "refuse") or nagq not in (0, 1):
         raise ValueError("separation must be 'penalize' or 'refuse' and nagq 0 or 1")
     terms = list(terms) if terms is not None else [f"x{j}" for j in range(X.shape[1])]
     separated = separated_terms(y, n, X)
     if separated and separation == "refuse":
         j, why = next(iter(separated.items()))
-        raise ValueError(f"{why} for {terms[j]}, so its log-odds is infinite")
+        raise InputError(f"{why} for {terms[j]}, so its log-odds is infinite")
     problem, names = _encode(y, n, X, groups, slopes or {}, sorted(separated))
     fitter = _Fitter(problem, start_sd)
     with _one_blas_thread():

@@ -13,6 +13,8 @@ import numpy as np
 from .common import CONDITION_ORDER, holm, main_trials
 from .config import AnalysisConfig
 
+from advbias.errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -101,7 +103,7 @@ def mixed_model(df: "pd.DataFrame", config: AnalysisConfig | None = None,
     rows, details = [], []
     for model in models:
         if model not in ("intercept", "eps"):
-            raise ValueError(f"unknown mixed model {model!r}: use 'intercept' or 'eps'")
+            raise InputError(f"unknown mixed model {model!r}: use 'intercept' or 'eps'")
     for condition in sorted(main["condition"].unique(), key=lambda c: CONDITION_ORDER.get(c, 99)):
         subset = main[main["condition"] == condition]
         for model in models:

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from advbias.client import HttpClient, Participant, ProtocolError
-from advbias.errors import CLIError
+from advbias.errors import CLIError, InputError, InputFileNotFound
 from advbias.manifest import StimulusRow, read_manifest
 from advbias.trials import BY_OTHER
 
@@ -54,7 +54,7 @@ def pixel_index(set_dir: str | Path, stimuli: Mapping[str, StimulusRow]) -> dict
     for stimulus_id in stimuli:
         path = Path(set_dir) / "images" / f"{stimulus_id}.png"
         if not path.is_file():
-            raise FileNotFoundError(f"image {path} listed in the manifest is missing")
+            raise InputFileNotFound(f"image {path} listed in the manifest is missing")
         index.setdefault(pixel_key(path.read_bytes()), stimulus_id)
     return index
 
@@ -70,7 +70,7 @@ def classify(trial: Mapping[str, Any], stimuli: Mapping[str, StimulusRow]) -> tu
     for side in ("left", "right"):
         name = str(trial[side]).rsplit("/", 1)[-1].removesuffix(".png")
         if name not in stimuli:
-            raise ValueError(f"image {name} of trial {trial['index']} is not in the stimulus set's manifest: "
+            raise InputError(f"image {name} of trial {trial['index']} is not in the stimulus set's manifest: "
                              f"is --set the set this experiment was created from?")
         shown.append(stimuli[name])
     left, right = shown
@@ -87,7 +87,7 @@ def classify(trial: Mapping[str, Any], stimuli: Mapping[str, StimulusRow]) -> tu
         side = adversarial[0]
         condition = BY_OTHER[(right if side == "left" else left).condition]
     else:
-        raise ValueError(f"trial {trial['index']} shows no adversarial image: cannot tell the target side")
+        raise InputError(f"trial {trial['index']} shows no adversarial image: cannot tell the target side")
     chosen = left if side == "left" else right
     return ("practice" if practice else "main", condition, side, chosen.eps, chosen.source)
 
@@ -197,7 +197,7 @@ def simulate_study(
     from tqdm.auto import tqdm
 
     if n_participants < 1:
-        raise ValueError("--participants must be at least 1")
+        raise InputError("--participants must be at least 1")
     HttpClient(url)  # a malformed --url is a one-line error before anything starts
     stimuli = load_stimuli(set_dir)
     model = _Model(stimuli, pixel_index(set_dir, stimuli), bias, participant_sd, image_sd, catch_accuracy, seed)

@@ -16,6 +16,8 @@ import numpy as np
 
 from .simulation import check_probability, conditional_logit, logistic
 
+from advbias.errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -204,13 +206,13 @@ def glmm_guess(beta: float, n_trials: int, participant_sd: float, image_sd: floa
 def _check(bias: float, n_trials: int, n_images: int, sims: int, alpha: float, power: float, test: str) -> None:
     check_probability(bias)
     if bias == 0.5:
-        raise ValueError("a bias of exactly 0.5 is no effect: power is alpha at every sample size")
+        raise InputError("a bias of exactly 0.5 is no effect: power is alpha at every sample size")
     if n_trials < 1 or n_images < 1 or sims < 10:
-        raise ValueError("--trials and --images must be at least 1 and --sims at least 10")
+        raise InputError("--trials and --images must be at least 1 and --sims at least 10")
     if not 0 < alpha < 1 or not 0 < power < 1 or power <= alpha:
-        raise ValueError("alpha and power must lie in (0, 1) with power > alpha")
+        raise InputError("alpha and power must lie in (0, 1) with power > alpha")
     if test not in TESTS:
-        raise ValueError(f"unknown test {test!r}: use ttest or glmm")
+        raise InputError(f"unknown test {test!r}: use ttest or glmm")
 
 
 def _analytic(bias: float, beta: float, n_trials: int, participant_sd: float, image_sd: float, n_images: int,
@@ -346,15 +348,15 @@ def design_power(
     from tqdm.auto import tqdm
 
     if test not in DESIGN_TESTS:
-        raise ValueError(f"unknown test {test!r}: use trend or contrast")
+        raise InputError(f"unknown test {test!r}: use trend or contrast")
     keys = list(biases)
     if (test == "trend" and len(keys) < 2) or (test == "contrast" and len(keys) != 2):
-        raise ValueError("--test trend needs a bias per budget (2:0.52,16:0.6); --test contrast needs --bias and "
+        raise InputError("--test trend needs a bias per budget (2:0.52,16:0.6); --test contrast needs --bias and "
                          "--baseline-bias")
     for value in biases.values():
         check_probability(value)
     if len(set(biases.values())) == 1:
-        raise ValueError("every cell has the same bias: no effect, power is alpha at every sample size")
+        raise InputError("every cell has the same bias: no effect, power is alpha at every sample size")
     _check(0.6, n_trials, n_images, sims, alpha, power, "ttest")
     total_sd = math.hypot(participant_sd, image_sd)
     betas = [conditional_logit(biases[k], total_sd) for k in keys]

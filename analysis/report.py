@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 
-class NothingLeftError(CLIError, ValueError):
+class NothingLeftError(CLIError):
     """The exclusions left no main trial: the partial tables say who was excluded by which rule."""
 
     def __init__(self, message: str, tables: Mapping[str, "pd.DataFrame"]) -> None:

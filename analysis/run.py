@@ -20,6 +20,8 @@ from .config import AnalysisConfig
 from .document import Doc, sha256, versions
 from .report import NothingLeftError, analyze, figures_for, write_report
 
+from advbias.errors import InputError, InputFileExists
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -51,11 +53,11 @@ def check_set(df: "pd.DataFrame", sidecar: Mapping[str, Any] | None, set_path: P
         given = set_id(folder)
     except FileNotFoundError:
         if used:  # the export names its set, and nothing here can show that this is it
-            raise ValueError(f"--set {folder} has no manifest, so it cannot be checked against the export's "
+            raise InputError(f"--set {folder} has no manifest, so it cannot be checked against the export's "
                              f"stimulus set {sorted(used)[0][:16]}") from None
         return None
     if used and used != {given}:
-        raise ValueError(f"--set {folder} is stimulus set {given[:16]}, but the export was made with "
+        raise InputError(f"--set {folder} is stimulus set {given[:16]}, but the export was made with "
                          f"{', '.join(sorted(u[:16] for u in used))}: give the set the experiment imported")
     return given
 
@@ -99,7 +101,7 @@ def run_analysis(path: str | Path, out: str | Path,
     started = time.perf_counter()
     path, out = Path(path), Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
+        raise InputFileExists(f"--out {out} exists and is not a folder")
     df, sidecar, data = load_input(path)
     config, registration = resolve(sidecar, config)
     set_info = read_set(set_path) if set_path is not None else None

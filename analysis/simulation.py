@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.export import COLUMNS as EXPORT_COLUMNS
 from advbias.manifest import pair_key as manifest_pair_key
 from advbias.trials import MAIN_TRIAL_TYPES, RULES
@@ -60,7 +61,7 @@ def conditional_logit(bias: float, sd: float) -> float:
     from scipy.optimize import brentq
 
     if not 0.0 < bias < 1.0:
-        raise ValueError(f"bias must be strictly between 0 and 1, got {bias}")
+        raise InputError(f"bias must be strictly between 0 and 1, got {bias}")
     if sd <= 0:
         return math.log(bias / (1.0 - bias))
     return float(brentq(lambda b: marginal_probability(b, sd) - bias, -40.0, 40.0, xtol=1e-12))
@@ -81,12 +82,12 @@ def parse_bias(text: str) -> BiasSpec:
             check_probability(spec[int(key)])
         return spec
     except ValueError as exc:
-        raise ValueError(f"--bias must be a probability like 0.55 or per budget like 2:0.52,4:0.55 ({exc})") from None
+        raise InputError(f"--bias must be a probability like 0.55 or per budget like 2:0.52,4:0.55 ({exc})") from None
 
 
 def check_probability(value: float) -> None:
     if not 0.0 < value < 1.0:
-        raise ValueError(f"{value} is not strictly between 0 and 1")
+        raise InputError(f"{value} is not strictly between 0 and 1")
 
 
 def bias_for(spec: BiasSpec, condition: str, eps: int) -> float:
@@ -103,7 +104,7 @@ def bias_for(spec: BiasSpec, condition: str, eps: int) -> float:
         return bias_for(spec[condition], condition, eps)
     if eps in spec:
         return float(spec[eps])
-    raise ValueError(f"the bias specification gives no value for condition {condition!r} at eps {eps}")
+    raise InputError(f"the bias specification gives no value for condition {condition!r} at eps {eps}")
 
 
 @dataclass
@@ -148,7 +149,7 @@ class _Cells:
         conditions = tuple(conditions)
         unknown = set(conditions) - set(MAIN_TRIAL_TYPES)
         if unknown or not conditions or not eps:
-            raise ValueError(f"conditions must be among {', '.join(MAIN_TRIAL_TYPES)} (got {conditions})")
+            raise InputError(f"conditions must be among {', '.join(MAIN_TRIAL_TYPES)} (got {conditions})")
         cells = [(c, e) for c in range(len(conditions)) for e in eps]
         marginal = {(conditions[c], e): bias_for(bias, conditions[c], e) for c, e in cells}
         for value in marginal.values():
@@ -266,9 +267,9 @@ def simulate_trials(
     exclusions have something to find; the truth describes the others.
     """
     if n_participants < 1 or n_trials < 1:
-        raise ValueError("n_participants and n_trials must be at least 1")
+        raise InputError("n_participants and n_trials must be at least 1")
     if n_images < 1:
-        raise ValueError("n_images must be at least 1")
+        raise InputError("n_images must be at least 1")
     design = _Cells.build(bias, conditions, eps, math.hypot(participant_sd, image_sd))
     rng = np.random.default_rng(seed)
     n = n_participants

@@ -18,6 +18,8 @@ import weakref
 import torch
 from torch import nn
 
+from advbias.errors import InputError
+
 #: model -> {(input shape without N, device, channels_last, autocast dtype): chunk size}
 _CHUNK_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]]" = weakref.WeakKeyDictionary()
 
@@ -35,7 +37,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
+        raise InputError("device 'cuda' requested but no CUDA device is available")
     return dev
 
 

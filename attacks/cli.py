@@ -5,27 +5,18 @@ import argparse
 
 
 def _bench_attack(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     from .bench import main
 
     return main(args)
 
 
 def _bench_cold(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     from .bench import main_cold
 
     return main_cold(args)
 
 
 def _bench_transfer(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     from .transfer import main
 
     return main(args)

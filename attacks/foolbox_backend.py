@@ -18,9 +18,19 @@ from .chunks import resolve_device
 from .pgd import validate_attack
 from .recipe import Recipe
 
+from advbias.errors import InputError
+
 
 def import_foolbox():
-    """Import foolbox without its GitPython probe failing on machines without git."""
+    """Import foolbox without its GitPython probe failing on machines without git.
+
+    foolbox imports GitPython, which looks for a ``git`` executable at import time and
+    refuses to load without one unless ``GIT_PYTHON_REFRESH`` is set; that variable is read
+    from the environment and nowhere else. So this is one of the two documented places
+    where product code writes the environment (docs/architecture.md): it sets
+    ``GIT_PYTHON_REFRESH=quiet`` (unless already set) just before foolbox is imported,
+    and every import of foolbox goes through here.
+    """
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import foolbox
 
@@ -43,11 +53,11 @@ def linf_pgd_foolbox(
     fb = import_foolbox()
     plain = Recipe(steps=recipe.steps, loss=recipe.loss, step_ratio=recipe.step_ratio, random_start=recipe.random_start)
     if recipe != plain or recipe.loss not in ("auto", "ce"):
-        raise ValueError("the foolbox backend runs plain PGD with cross-entropy only (no momentum, DI, TI or CFM)")
+        raise InputError("the foolbox backend runs plain PGD with cross-entropy only (no momentum, DI, TI or CFM)")
     spec, eps_t, step_t = validate_attack(x, target, eps, recipe)
     steps, random_start = recipe.steps, recipe.random_start
     if bool((spec.index < 0).any()):
-        raise ValueError("the foolbox backend supports single ImageNet classes only, not multi-class categories")
+        raise InputError("the foolbox backend supports single ImageNet classes only, not multi-class categories")
     dev = resolve_device(device)
     model.to(dev).eval()
     fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=dev)

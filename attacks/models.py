@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advbias.errors import InputError
+
 
 @dataclass(frozen=True)
 class _Bundled:
@@ -108,14 +110,14 @@ class Ensemble(nn.Module):
     def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None) -> None:
         super().__init__()
         if not members:
-            raise ValueError("an ensemble needs at least one model")
+            raise InputError("an ensemble needs at least one model")
         if weights is None:
             weights = [1.0] * len(members)
         if len(weights) != len(members):
-            raise ValueError(f"got {len(weights)} weights for {len(members)} models")
+            raise InputError(f"got {len(weights)} weights for {len(members)} models")
         w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
         if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("ensemble weights must be non-negative with a positive sum")
+            raise InputError("ensemble weights must be non-negative with a positive sum")
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", w / w.sum(), persistent=False)
         # Python floats for forward(): reading the buffer there would sync the GPU every step.
@@ -189,12 +191,12 @@ def _load_bundled(name: str) -> ImageNetClassifier:
     module = importlib.import_module(spec.package)
     path = getattr(module, spec.file_class).get_model_file_path()
     if not os.path.isfile(path):
-        raise ValueError(f"bundled weights for {name} are missing: reinstall {spec.package.replace('_', '-')}")
+        raise InputError(f"bundled weights for {name} are missing: reinstall {spec.package.replace('_', '-')}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     net = timm.create_model(spec.arch, pretrained=False)
     own = net.state_dict()
     if len(own) != len(state) or any(a.shape != b.shape for a, b in zip(own.values(), state.values())):
-        raise ValueError(f"bundled weights for {name} do not match the {spec.arch} architecture")
+        raise InputError(f"bundled weights for {name} do not match the {spec.arch} architecture")
     # The package stores the same tensors under other names, in the same order.
     net.load_state_dict(dict(zip(own.keys(), state.values())))
     return ImageNetClassifier(
@@ -209,11 +211,11 @@ def _load_torchvision(arch: str) -> ImageNetClassifier:
     try:
         weights = torchvision.models.get_model_weights(arch).DEFAULT
     except (ValueError, KeyError):
-        raise ValueError(f"unknown torchvision model {arch!r}") from None
+        raise InputError(f"unknown torchvision model {arch!r}") from None
     filename = os.path.basename(weights.url)
     path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
     if not os.path.isfile(path):
-        raise ValueError(
+        raise InputError(
             f"weights for torchvision model {arch!r} are not in the local cache: expected {path} "
             "(downloads are disabled; copy the file there)"
         )
@@ -231,7 +233,7 @@ def _load_timm(arch: str) -> ImageNetClassifier:
     import timm
 
     if not timm.is_model(arch) and not timm.list_models(arch):
-        raise ValueError(f"unknown timm model {arch!r}")
+        raise InputError(f"unknown timm model {arch!r}")
     net = timm.create_model(arch, pretrained=False)
     cfg = net.pretrained_cfg
     path = None
@@ -249,7 +251,7 @@ def _load_timm(arch: str) -> ImageNetClassifier:
         path = candidate if os.path.isfile(candidate) else None
     if path is None:
         where = f"Hugging Face cache entry {hub_id!r}" if hub_id else "torch-hub checkpoint"
-        raise ValueError(
+        raise InputError(
             f"weights for timm model {arch!r} are not in the local cache ({where} missing; downloads are disabled)"
         )
     if path.endswith(".safetensors"):
@@ -268,7 +270,7 @@ def _load_timm(arch: str) -> ImageNetClassifier:
 
 def _load_checkpoint(path: Path) -> ImageNetClassifier:
     if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
+        raise InputError(f"checkpoint not found: {path}")
     digest = _sha256(path)
     try:
         obj = torch.jit.load(str(path), map_location="cpu")
@@ -276,23 +278,23 @@ def _load_checkpoint(path: Path) -> ImageNetClassifier:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+            raise InputError(f"cannot read checkpoint {path}: {exc}") from None
     meta: dict = {}
     if isinstance(obj, dict):
         meta = obj
         arch = obj.get("arch")
         state = obj.get("state_dict")
         if not arch or state is None:
-            raise ValueError(f"checkpoint {path} is a dict without 'arch' and 'state_dict'")
+            raise InputError(f"checkpoint {path} is a dict without 'arch' and 'state_dict'")
         net = _build_architecture(str(arch))
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise ValueError(f"checkpoint {path} does not fit architecture {arch!r}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"checkpoint {path} does not fit architecture {arch!r}: {str(exc).splitlines()[0]}") from None
     elif isinstance(obj, nn.Module):
         net = obj
     else:
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, not a model")
+        raise InputError(f"checkpoint {path} holds a {type(obj).__name__}, not a model")
     size = meta.get("input_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
     return ImageNetClassifier(
@@ -318,13 +320,13 @@ def _build_architecture(arch: str) -> nn.Module:
 
         if bare in torchvision.models.list_models():
             return torchvision.models.get_model(bare, weights=None)
-    raise ValueError(f"unknown architecture {arch!r}")
+    raise InputError(f"unknown architecture {arch!r}")
 
 
 def load_model(name: str, *, device: str | torch.device = "cpu", fold_bn: bool = True) -> ImageNetClassifier:
     """Load an ImageNet classifier by name (see the module docstring), frozen and in eval mode."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+        raise InputError(f"model name must be a non-empty string, got {name!r}")
     name = name.strip()
     if name in BUNDLED:
         model = _load_bundled(name)
@@ -333,7 +335,7 @@ def load_model(name: str, *, device: str | torch.device = "cpu", fold_bn: bool =
     else:
         kind, _, arch = name.rpartition(":")
         if kind not in ("", "timm", "torchvision"):
-            raise ValueError(f"unknown model source {kind!r} in {name!r}: use torchvision: or timm:")
+            raise InputError(f"unknown model source {kind!r} in {name!r}: use torchvision: or timm:")
         import torchvision
 
         if kind == "torchvision" or (kind == "" and arch in torchvision.models.list_models(torchvision.models)):
@@ -343,7 +345,7 @@ def load_model(name: str, *, device: str | torch.device = "cpu", fold_bn: bool =
 
             if kind == "" and not timm.is_model(arch):
                 bundled = ", ".join(BUNDLED)
-                raise ValueError(
+                raise InputError(
                     f"unknown model {name!r}: not bundled ({bundled}), not a torchvision or timm architecture, "
                     "and not a checkpoint path"
                 )
@@ -360,5 +362,5 @@ def load_ensemble(
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
     if not names:
-        raise ValueError("an ensemble needs at least one model name")
+        raise InputError("an ensemble needs at least one model name")
     return _freeze(Ensemble([load_model(n, device=device) for n in names], weights)).to(device)

@@ -63,17 +63,6 @@ def _check_images(x: torch.Tensor) -> None:
         raise ValueError("images must lie in [0, 1]")
 
 
-def _check_images(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"images must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"images must be float in [0, 1], got dtype {x.dtype} (divide uint8 images by 255)")
-    if x.numel() and (not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-        raise ValueError("images must lie in [0, 1]")
-
-
 def validate_attack(x: torch.Tensor, target, eps, recipe: Recipe) -> tuple[TargetSpec, torch.Tensor, torch.Tensor]:
     """Check an attack's common arguments; returns per-sample targets, budgets and step sizes.
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
+from advbias.errors import InputError
+
 LOSSES = ("auto", "ce", "logodds", "logit")
 
 #: Madry et al. (2018): steps of ``2.5 * eps / steps`` cross the eps-ball 2.5 times over the run. It is
@@ -30,7 +32,7 @@ def _number(value: Any, what: str) -> float:
     except (TypeError, ValueError):
         number = None
     if number is None or number != number:
-        raise ValueError(f"{what} must be a number, got {value!r}")
+        raise InputError(f"{what} must be a number, got {value!r}")
     return number
 
 
@@ -41,7 +43,7 @@ def _whole(value: Any, what: str) -> int:
         return int(value.strip())
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise ValueError(f"{what} must be a whole number, got {value!r}")
+    raise InputError(f"{what} must be a whole number, got {value!r}")
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -51,7 +53,7 @@ def _flag(value: Any, what: str) -> bool:
         return value.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ValueError(f"{what} must be true or false, got {value!r}")
+    raise InputError(f"{what} must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -92,11 +94,11 @@ class Recipe:
         set_ = object.__setattr__
         steps = _whole(self.steps, "steps")
         if steps < 1:
-            raise ValueError(f"steps must be a positive whole number, got {self.steps!r}")
+            raise InputError(f"steps must be a positive whole number, got {self.steps!r}")
         set_(self, "steps", steps)
         loss = str(self.loss).strip().lower()
         if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise InputError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         set_(self, "loss", loss)
         ratio = self.step_ratio
         if isinstance(ratio, str) and ratio.strip().lower() in ("madry", "none", ""):
@@ -104,20 +106,20 @@ class Recipe:
         if ratio is not None:
             ratio = _number(ratio, "step_ratio")
             if not 0.0 < ratio <= 1.0:
-                raise ValueError(f"step_ratio must be 'madry' or a fraction of eps in (0, 1], e.g. 0.125, got {ratio}")
+                raise InputError(f"step_ratio must be 'madry' or a fraction of eps in (0, 1], e.g. 0.125, got {ratio}")
         set_(self, "step_ratio", ratio)
         for name in ("momentum", "input_diversity", "cfm_prob", "cfm_max"):
             value = _number(getattr(self, name), name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+                raise InputError(f"{name} must lie in [0, 1], got {value}")
             set_(self, name, value)
         ti = _whole(self.ti_kernel, "ti_kernel")
         if ti != 0 and (ti < 3 or ti % 2 == 0 or ti > 63):
-            raise ValueError(f"ti_kernel must be 0 (off) or an odd whole number from 3 to 63, got {self.ti_kernel!r}")
+            raise InputError(f"ti_kernel must be 0 (off) or an odd whole number from 3 to 63, got {self.ti_kernel!r}")
         set_(self, "ti_kernel", ti)
         finish = _whole(self.finish_steps, "finish_steps")
         if not 0 <= finish <= steps:
-            raise ValueError(f"finish_steps must lie in 0..steps ({steps}), got {self.finish_steps!r}")
+            raise InputError(f"finish_steps must lie in 0..steps ({steps}), got {self.finish_steps!r}")
         set_(self, "finish_steps", finish)
         set_(self, "resize_back", _flag(self.resize_back, "resize_back"))
         set_(self, "random_start", _flag(self.random_start, "random_start"))
@@ -148,9 +150,9 @@ class Recipe:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown recipe key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+            raise InputError(f"unknown recipe key {unknown[0]!r}; known: {', '.join(sorted(known))}")
         if "steps" not in data:
-            raise ValueError("a recipe needs 'steps'")
+            raise InputError("a recipe needs 'steps'")
         return cls(**dict(data))
 
     def but(self, **changes: Any) -> "Recipe":

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from advbias.errors import InputError
+
 NUM_CLASSES = 1000
 _user_categories: dict[str, list[int]] = {}
 
@@ -33,11 +35,11 @@ def _builtin_categories() -> dict[str, list[int]]:
 
 def _validate_indices(name: str, indices: Sequence[int]) -> list[int]:
     if not indices:
-        raise ValueError(f"category {name!r} has no ImageNet classes")
+        raise InputError(f"category {name!r} has no ImageNet classes")
     out = []
     for i in indices:
         if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < NUM_CLASSES:
-            raise ValueError(f"category {name!r}: {i!r} is not an ImageNet class index (0-999)")
+            raise InputError(f"category {name!r}: {i!r} is not an ImageNet class index (0-999)")
         out.append(i)
     return sorted(set(out))
 
@@ -46,14 +48,14 @@ def load_user_categories(path: str | os.PathLike) -> dict[str, list[int]]:
     """Add the categories of a TOML file (table ``[categories]``) to those known; returns them."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"categories file not found: {path}")
+        raise InputError(f"categories file not found: {path}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"categories file {path} is not valid TOML: {exc}") from None
+        raise InputError(f"categories file {path} is not valid TOML: {exc}") from None
     table = data.get("categories")
     if not isinstance(table, dict) or not table:
-        raise ValueError(f"categories file {path} has no [categories] table")
+        raise InputError(f"categories file {path} has no [categories] table")
     added = {str(name).strip().lower(): _validate_indices(name, idx) for name, idx in table.items()}
     _user_categories.update(added)
     return added
@@ -77,21 +79,21 @@ def _class_names() -> list[str]:
 def class_name(index: int) -> str:
     """Human-readable ImageNet-1k class name (``281 -> 'tabby cat'``)."""
     if not 0 <= int(index) < NUM_CLASSES:
-        raise ValueError(f"{index!r} is not an ImageNet class index (0-999)")
+        raise InputError(f"{index!r} is not an ImageNet class index (0-999)")
     return _class_names()[int(index)]
 
 
 def resolve_target(target: str | int) -> list[int]:
     """The ImageNet indices a target stands for: a category name, a class name, or an index."""
     if isinstance(target, bool):
-        raise ValueError(f"unknown target {target!r}")
+        raise InputError(f"unknown target {target!r}")
     if isinstance(target, int) or (isinstance(target, str) and target.strip().isdigit()):
         index = int(target)
         if not 0 <= index < NUM_CLASSES:
-            raise ValueError(f"target {target!r} is not an ImageNet class index (0-999)")
+            raise InputError(f"target {target!r} is not an ImageNet class index (0-999)")
         return [index]
     if not isinstance(target, str):
-        raise ValueError(f"unknown target {target!r}: give a category, a class name or an index")
+        raise InputError(f"unknown target {target!r}: give a category, a class name or an index")
     key = target.strip().lower()
     cats = categories()
     if key in cats:
@@ -100,7 +102,7 @@ def resolve_target(target: str | int) -> list[int]:
     if key in names:
         return [names.index(key)]
     known = ", ".join(sorted(cats))
-    raise ValueError(f"unknown target {target!r}: not a category ({known}) nor an ImageNet class name")
+    raise InputError(f"unknown target {target!r}: not a category ({known}) nor an ImageNet class name")
 
 
 def is_category(target: str | int) -> bool:
@@ -133,20 +135,20 @@ def target_spec(target: torch.Tensor | Sequence[str | int], n: int) -> TargetSpe
     """Turn a (N,) index tensor or a sequence of N names/indices into a :class:`TargetSpec`."""
     if isinstance(target, torch.Tensor):
         if target.dim() != 1 or target.shape[0] != n:
-            raise ValueError(f"target must have shape ({n},), got {tuple(target.shape)}")
+            raise InputError(f"target must have shape ({n},), got {tuple(target.shape)}")
         if target.dtype.is_floating_point or target.dtype == torch.bool:
-            raise ValueError("target tensor must hold integer ImageNet class indices")
+            raise InputError("target tensor must hold integer ImageNet class indices")
         if n and (int(target.min()) < 0 or int(target.max()) >= NUM_CLASSES):
-            raise ValueError("target indices must lie in 0-999")
+            raise InputError("target indices must lie in 0-999")
         idx = target.detach().to("cpu", torch.long)
         mask = torch.zeros(n, NUM_CLASSES, dtype=torch.bool)
         mask[torch.arange(n), idx] = True
         return TargetSpec(mask, idx, torch.zeros(n, dtype=torch.bool))
     if isinstance(target, (str, int)):
-        raise ValueError("target must be a (N,) tensor or a sequence of N targets, not a single value")
+        raise InputError("target must be a (N,) tensor or a sequence of N targets, not a single value")
     items = list(target)
     if len(items) != n:
-        raise ValueError(f"got {len(items)} targets for {n} images")
+        raise InputError(f"got {len(items)} targets for {n} images")
     mask = torch.zeros(n, NUM_CLASSES, dtype=torch.bool)
     index = torch.full((n,), -1, dtype=torch.long)
     cat = torch.zeros(n, dtype=torch.bool)

@@ -36,6 +36,8 @@ from .recipe import DEFAULT_RECIPE, Recipe
 from .scoring import batched_logits, quantize, target_probability
 from .targets import resolve_target
 
+from advbias.errors import InputError
+
 BUNDLED_ORDER = ("lite0", "lite1", "lite2")
 
 
@@ -125,10 +127,10 @@ def parse_photos(spec: str) -> list[int]:
         try:
             rng = range(int(lo), int(hi or lo) + 1)
         except ValueError:
-            raise ValueError(f"--photos: {part!r} is not an index or a range like 8-13") from None
+            raise InputError(f"--photos: {part!r} is not an index or a range like 8-13") from None
         out.extend(rng)
     if not out or min(out) < 0 or max(out) > 19:
-        raise ValueError(f"--photos must pick indices 0..19 of the 20 sample photos, got {spec!r}")
+        raise InputError(f"--photos must pick indices 0..19 of the 20 sample photos, got {spec!r}")
     return sorted(set(out))
 
 
@@ -136,11 +138,11 @@ def splits(models: Sequence[str], heldout: Sequence[str] | None = None) -> list[
     """Leave-one-out splits: (attacked models, held-out model), optionally only for the given held-out models."""
     models = list(models)
     if len(models) < 2:
-        raise ValueError("leave-one-model-out needs at least two models")
+        raise InputError("leave-one-model-out needs at least two models")
     keep = list(heldout) if heldout else models
     unknown = [m for m in keep if m not in models]
     if unknown:
-        raise ValueError(f"--heldout {unknown[0]} is not among --models {','.join(models)}")
+        raise InputError(f"--heldout {unknown[0]} is not among --models {','.join(models)}")
     return [(tuple(m for m in models if m != h), h) for h in keep]
 
 
@@ -160,7 +162,7 @@ def evaluate(candidate: Candidate, attacked: Sequence[torch.nn.Module], held: to
     group (e.g. the photos a recipe was chosen on and those it is confirmed on). Default: one group, all.
     """
     if candidate.weights is not None and len(candidate.weights) != len(attacked):
-        raise ValueError(f"recipe {candidate.name}: {len(candidate.weights)} weights for {len(attacked)} models")
+        raise InputError(f"recipe {candidate.name}: {len(candidate.weights)} weights for {len(attacked)} models")
     ens = Ensemble(list(attacked), candidate.weights).eval()
     x_u8, tnames, levels, items = _work(photos, targets, eps_levels)
     t0 = time.perf_counter()
@@ -216,10 +218,10 @@ def run(*, recipes: Sequence[str], models: Sequence[str] = BUNDLED_ORDER, heldou
     """
     overlap = sorted(set(photos) & set(confirm))
     if overlap:
-        raise ValueError(f"--confirm photos {overlap} are also --photos; a recipe must be confirmed on other photos")
+        raise InputError(f"--confirm photos {overlap} are also --photos; a recipe must be confirmed on other photos")
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
-        raise ValueError(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
+        raise InputError(f"unknown recipe {unknown[0]!r}; choose from {', '.join(RECIPES)}")
     for t in targets:
         resolve_target(t)
     dev = resolve_device(device)

@@ -1,40 +1,20 @@
 """The advbias web experiment: a Flask app for two-image forced-choice trials.
 
-``create_app()`` builds the app from ``ADVBIAS_*`` environment variables (or a
-mapping passed in, which wins), checks that the database schema is at the
-newest migration (and refuses to start otherwise), and registers the
-participant pages, the ``/api/v1/`` JSON API and the admin pages.
-
-Configuration (environment variable / key in ``config``):
-
-========================  =====================  ==============================================
-``ADVBIAS_INSTANCE_PATH``  ``INSTANCE_PATH``      folder for the database, images, secret key;
-                                                 default ``./instance``
-``ADVBIAS_DATABASE_URL``   ``DATABASE_URL``       default ``sqlite:///INSTANCE/advbias.db``;
-                                                 ``postgresql://user@host/db`` for PostgreSQL
-``ADVBIAS_SECRET_KEY``     ``SECRET_KEY``         signs admin sessions; default: a random key
-                                                 kept in ``INSTANCE/secret_key``
-``ADVBIAS_SECURE_COOKIES`` ``SECURE_COOKIES``     ``1`` (default): the admin cookie is sent over
-                                                 HTTPS only; ``0`` for plain-HTTP local use
-``ADVBIAS_SQLITE_SYNCHRONOUS``                    ``FULL`` (default) or ``NORMAL``: see
-                                                 :func:`experiment.db.sqlite_synchronous`
-``ADVBIAS_CONCURRENT_STARTS``                     starts one process runs at once (default 1):
-                                                 see :mod:`experiment.admission`
-``ADVBIAS_START_LIMIT``    ``START_LIMIT``        new participants per client address:
-                                                 ``N/SECONDS`` (default ``30/600``); ``0``: none
-``ADVBIAS_TRUSTED_PROXIES`` ``TRUSTED_PROXIES``   reverse proxies in front of the app whose
-                                                 ``X-Forwarded-For/-Proto/-Host`` are believed
-                                                 (default ``0``: none; ``1`` behind one Caddy)
-========================  =====================  ==============================================
+``create_app(settings=...)`` builds the app from a resolved
+:class:`experiment.settings.Settings` (or resolves one from a mapping of setting keys,
+then the ``ADVBIAS_*`` environment variables, then defaults: the table of settings is in
+:mod:`experiment.settings`), checks that the database schema is at the newest migration
+(and refuses to start otherwise), and registers the participant pages, the ``/api/v1/``
+JSON API and the admin pages.
 """
 from __future__ import annotations
 
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from typing import TYPE_CHECKING
+from experiment.settings import Settings
 
 if TYPE_CHECKING:  # Flask and SQLAlchemy load lazily: the CLI imports this package for every command
     from flask import Flask
@@ -74,52 +54,6 @@ def resource_dir(name: str) -> Path:
     return path
 
 
-def _truthy(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def settings_from_env(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve the app's settings: explicit overrides, then ADVBIAS_* variables, then defaults."""
-    overrides = dict(overrides or {})
-    env = os.environ
-
-    def pick(key: str, default: Any = None) -> Any:
-        if key in overrides and overrides[key] is not None:
-            return overrides[key]
-        return env.get(f"ADVBIAS_{key}", default)
-
-    instance = Path(pick("INSTANCE_PATH", "instance")).expanduser().resolve()
-    database_url = pick("DATABASE_URL") or f"sqlite:///{instance / 'advbias.db'}"
-    return {
-        "INSTANCE_PATH": instance,
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": pick("SECRET_KEY"),
-        "SECURE_COOKIES": _truthy(pick("SECURE_COOKIES", "1")),
-        "START_LIMIT": str(pick("START_LIMIT", DEFAULT_START_LIMIT)),
-        "TRUSTED_PROXIES": _proxies(pick("TRUSTED_PROXIES", "0")),
-        "STIMULUS_STORE": instance / "stimuli",
-    }
-
-
-#: New participants per client address: enough for a lab or a household behind one address,
-#: far too few to fill a study's lists with invented PROLIFIC_PIDs.
-DEFAULT_START_LIMIT = "30/600"
-
-
-def _proxies(value: Any) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"TRUSTED_PROXIES must be a whole number of proxies, not {value!r}") from None
-    if not 0 <= n <= 10:
-        raise ValueError("TRUSTED_PROXIES must be between 0 and 10")
-    return n
-
-
-def stimulus_store(settings: Mapping[str, Any]) -> Path:
-    return Path(settings["STIMULUS_STORE"])
-
-
 def _secret_key(instance: Path) -> str:
     """A per-installation key kept in the instance folder; safe when several workers start at once."""
     path = instance / "secret_key"
@@ -144,55 +78,64 @@ def _secret_key(instance: Path) -> str:
 class AdvbiasState:
     """What the app keeps in ``app.extensions['advbias']``."""
 
-    def __init__(self, db: "Database", store: Path) -> None:
-        from experiment.admission import gate_from_env
+    def __init__(self, db: "Database", settings: Settings) -> None:
+        from experiment.admission import StartGate
 
         self.db = db
-        self.store = store
-        self.start_gate = gate_from_env()  # experiment/admission.py: bursts of starts never starve answers
+        self.settings = settings
+        self.store = settings.stimulus_store
+        # experiment/admission.py: bursts of starts never starve answers
+        self.start_gate = StartGate(concurrent=settings.concurrent_starts)
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
-    """Build the app; raises :class:`experiment.db.SchemaError` if the database is not upgraded."""
+#: Keys of ``config`` that go to Flask's own configuration, not to the settings (tests pass a clock they can move).
+APP_KEYS = ("TESTING", "CLOCK")
+
+
+def create_app(config: Mapping[str, Any] | None = None, *, settings: Settings | None = None) -> "Flask":
+    """Build the app; raises :class:`experiment.db.SchemaError` if the database is not upgraded.
+
+    ``settings`` is the resolved :class:`~experiment.settings.Settings`; without it, the keys of
+    ``config`` other than :data:`APP_KEYS` are resolved into one (:meth:`Settings.resolve`).
+    """
     from flask import Flask
 
     from experiment.db import Database, check_schema
     from experiment.models import utcnow
 
-    settings = settings_from_env(config)
-    from experiment.participants import parse_start_limit
-
-    parse_start_limit(settings["START_LIMIT"])  # a bad setting stops the server at start, not at a participant
+    config = dict(config or {})
+    app_config = {key: config.pop(key) for key in APP_KEYS if key in config}
+    if settings is None:
+        settings = Settings.resolve(config)  # a bad setting stops the server at start, not at a participant
+    elif config:
+        raise TypeError(f"create_app: give settings or setting keys, not both ({', '.join(sorted(config))})")
     app = Flask(
         __name__,
-        instance_path=str(settings["INSTANCE_PATH"]),
+        instance_path=str(settings.instance_path),
         template_folder=str(resource_dir("templates")),
         static_folder=str(resource_dir("static")),
         static_url_path="/static",
     )
-    db = Database(settings["DATABASE_URL"])
+    db = Database(settings.database_url, settings.sqlite_synchronous)
     try:
         check_schema(db.engine)
     except Exception:
         db.dispose()
         raise
     app.config.update(
-        SECRET_KEY=settings["SECRET_KEY"] or _secret_key(settings["INSTANCE_PATH"]),
+        SECRET_KEY=settings.secret_key or _secret_key(settings.instance_path),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         SESSION_COOKIE_NAME="advbias_admin",
         SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SECURE=settings["SECURE_COOKIES"],
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
         SESSION_COOKIE_SAMESITE="Strict",
         PERMANENT_SESSION_LIFETIME=8 * 3600,
         JSON_SORT_KEYS=False,
         ADVBIAS=settings,
         CLOCK=utcnow,  # a callable for the current UTC time (login back-off, start-limit windows)
     )
-    if config:
-        for key in ("TESTING", "CLOCK"):  # tests pass a clock they can move
-            if key in config:
-                app.config[key] = config[key]
-    app.extensions["advbias"] = AdvbiasState(db, stimulus_store(settings))
+    app.config.update(app_config)
+    app.extensions["advbias"] = AdvbiasState(db, settings)
 
     from experiment import admin, api, pages
 
@@ -207,10 +150,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> "Flask":
     app.wsgi_app = AdmissionMiddleware(app.wsgi_app, app.extensions["advbias"])  # type: ignore[method-assign]
     # Outside the gate: every body is read whole (or refused, 413) before a start slot is taken.
     app.wsgi_app = BodyMiddleware(app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]
-    if settings["TRUSTED_PROXIES"]:
+    if settings.trusted_proxies:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
-        n = settings["TRUSTED_PROXIES"]
+        n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     return app
 

@@ -26,6 +26,8 @@ from experiment.db import Database
 from experiment.fields import SLUG_RE
 from experiment.models import Admin, utcnow
 
+from advbias.errors import InputError
+
 MIN_PASSWORD_LENGTH = 10
 USERNAME = "admin"
 #: Failed logins tolerated per account, and per address, within the window before back-off starts.
@@ -51,9 +53,9 @@ class LoginResult:
 def set_password(db: Database, password: str, username: str = USERNAME) -> None:
     """Create or update an admin account; only the hash is stored, and every existing session ends."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+        raise InputError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
     if not SLUG_RE.fullmatch(username):
-        raise ValueError("the user name must be lowercase letters, digits or '-'")
+        raise InputError("the user name must be lowercase letters, digits or '-'")
     hashed = generate_password_hash(password)
     with db.write() as s:
         admin = s.scalar(select(Admin).where(Admin.username == username))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import threading
 import time
@@ -184,15 +183,3 @@ class BodyMiddleware:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         environ["wsgi.input_terminated"] = True
         return self.app(environ, start_response)
-
-
-def gate_from_env() -> StartGate:
-    """The process's gate: ``ADVBIAS_CONCURRENT_STARTS`` starts at once per server process (default 1)."""
-    raw = os.environ.get("ADVBIAS_CONCURRENT_STARTS", "1").strip()
-    try:
-        concurrent = int(raw)
-    except ValueError:
-        raise ValueError(f"ADVBIAS_CONCURRENT_STARTS must be a whole number, not {raw!r}") from None
-    if not 1 <= concurrent <= 64:
-        raise ValueError("ADVBIAS_CONCURRENT_STARTS must be between 1 and 64")
-    return StartGate(concurrent=concurrent)

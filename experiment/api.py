@@ -64,7 +64,7 @@ def health():  # type: ignore[no-untyped-def]
 @bp.post("/experiments/<slug>/participants")
 def start(slug: str):  # type: ignore[no-untyped-def]
     data = fields.validate_fields(_body(optional=True), START_FIELDS, ())
-    limit, window = participants.parse_start_limit(current_app.config["ADVBIAS"]["START_LIMIT"])
+    limit, window = current_app.config["ADVBIAS"].start_limit
     policy = participants.StartPolicy(current_app.config["SECRET_KEY"], request.remote_addr or "", limit, window,
                                       clock=current_app.config["CLOCK"])
     preview = bool(data.get("preview"))

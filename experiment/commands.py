@@ -3,25 +3,28 @@
 ``advbias db upgrade``, ``advbias experiment create``, ``advbias admin
 set-password``, ``advbias serve`` and ``advbias export``. Flask, SQLAlchemy and
 pandas are imported inside the handlers so that ``advbias --help`` stays fast.
-Every command reads the same ``ADVBIAS_*`` settings as the server (see
-``experiment/__init__.py``); ``--instance`` and ``--database-url`` override them.
+Every command resolves the same settings as the server (:class:`experiment.settings.Settings`:
+``--instance`` and ``--database-url``, then the ``ADVBIAS_*`` variables, then defaults) once,
+and hands them down; nothing is written to the environment.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from advbias.errors import CLIError
 from advbias.setdir import IMAGES_DIR, MANIFEST_NAME
 
-DEFAULT_BASE_URL = "http://127.0.0.1:5000"
+if TYPE_CHECKING:
+    from experiment.settings import Settings
 
 
-class CommandError(CLIError, ValueError):
+class CommandError(CLIError):
     """A problem the user can fix; the ``advbias`` root prints it as one line and exits with status 2."""
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -51,7 +54,8 @@ def register(subparsers: Any) -> None:
     create.add_argument("--analysis", metavar="FILE",
                         help="analysis.toml: the analysis plan, stored (text, sha256, time) before the first answer")
     create.add_argument("--link", action="store_true", help="symlink the images instead of copying them")
-    create.add_argument("--base-url", metavar="URL", help="public address of the server, for the printed URLs")
+    create.add_argument("--base-url", metavar="URL",
+                        help="public address of the server, for the printed URLs (default: $ADVBIAS_PUBLIC_URL)")
     _common(create)
     create.set_defaults(handler=cmd_experiment_create)
     listing = exp_sub.add_parser("list", help="list experiments with participant counts")
@@ -89,23 +93,24 @@ def register(subparsers: Any) -> None:
     export.set_defaults(handler=cmd_export)
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve settings, exporting overrides to the environment so gunicorn workers see them too."""
-    from experiment import settings_from_env
+def _settings(args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> "Settings":
+    """The settings of this command: its options, then the ``ADVBIAS_*`` variables, then ``defaults``."""
+    from experiment.settings import Settings
 
-    if getattr(args, "instance", None):
-        os.environ["ADVBIAS_INSTANCE_PATH"] = str(Path(args.instance).resolve())
-    if getattr(args, "database_url", None):
-        os.environ["ADVBIAS_DATABASE_URL"] = args.database_url
-    return settings_from_env()
+    instance = getattr(args, "instance", None)
+    return Settings.resolve(
+        {"INSTANCE_PATH": str(Path(instance).resolve()) if instance else None,
+         "DATABASE_URL": getattr(args, "database_url", None) or None},
+        defaults=defaults,
+    )
 
 
-def _database(args: argparse.Namespace, *, check: bool = True):  # type: ignore[no-untyped-def]
+def _database(args: argparse.Namespace, *, check: bool = True, settings: "Settings | None" = None):  # type: ignore[no-untyped-def]
     from experiment.db import Database, SchemaError, check_schema
 
-    settings = _settings(args)
+    settings = settings or _settings(args)
     try:
-        db = Database(settings["DATABASE_URL"])
+        db = Database(settings.database_url, settings.sqlite_synchronous)
     except ImportError as exc:
         raise CommandError(f"cannot open the database: {exc}") from None
     if check:
@@ -135,7 +140,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot reach the database: {str(exc.orig).strip().splitlines()[0]}") from None
     finally:
         db.dispose()
-    where = _describe_url(settings["DATABASE_URL"])
+    where = _describe_url(settings.database_url)
     if before == after:
         print(f"database {where} is up to date (revision {after})")
     else:
@@ -173,7 +178,6 @@ def _analysis_plan(path: str | None) -> dict[str, str] | None:
 
 
 def cmd_experiment_create(args: argparse.Namespace) -> int:
-    from experiment import stimulus_store
     from experiment.study import create_experiment
     from experiment.config import load_config_file
 
@@ -182,7 +186,7 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     db, settings = _database(args)
     try:
         exp, design, created = create_experiment(
-            db, args.name, Path(args.stimuli), raw, stimulus_store(settings), link=args.link, plan=plan
+            db, args.name, Path(args.stimuli), raw, settings.stimulus_store, link=args.link, plan=plan
         )
     finally:
         db.dispose()
@@ -207,7 +211,7 @@ def cmd_experiment_create(args: argparse.Namespace) -> int:
     who = "PROLIFIC_PID required" if exp.settings.get("require_prolific_pid") else "anonymous starts allowed"
     print(f"  participants: {who}; an unfinished participant frees their list slot after "
           f"{exp.settings.get('timeout_minutes', 90)} min")
-    base = args.base_url or os.environ.get("ADVBIAS_PUBLIC_URL") or DEFAULT_BASE_URL
+    base = args.base_url or settings.public_url
     url, prolific = participant_urls(base, exp.slug)
     print(f"  participant URL: {url}")
     print(f"  Prolific study URL: {prolific}")
@@ -266,18 +270,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CommandError("--workers must be between 1 and 256")
     if not 1 <= args.threads <= 256:
         raise CommandError("--threads must be between 1 and 256")
-    if args.host in LOOPBACK and "ADVBIAS_SECURE_COOKIES" not in os.environ:
-        os.environ["ADVBIAS_SECURE_COOKIES"] = "0"  # plain HTTP on this machine: the admin cookie must still work
-    db, _ = _database(args)  # fail fast, with one line, on a missing or old schema
+    # plain HTTP on this machine: the admin cookie must still work (unless ADVBIAS_SECURE_COOKIES says otherwise)
+    settings = _settings(args, defaults={"SECURE_COOKIES": "0"} if args.host in LOOPBACK else None)
+    db, _ = _database(args, settings=settings)  # fail fast, with one line, on a missing or old schema
     db.dispose()
     if args.workers is None:
         from experiment import create_app
 
-        app = create_app()
+        app = create_app(settings=settings)
         print(f"advbias development server on http://{args.host}:{args.port}/ (use --workers N in production)")
         app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
         return 0
-    _gunicorn(args)
+    _gunicorn(args, settings)
     return 0
 
 
@@ -285,7 +289,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 WORKER_CLASS = "experiment.gunicorn_worker.JsonErrorThreadWorker"
 
 
-def _gunicorn(args: argparse.Namespace) -> None:
+def _gunicorn(args: argparse.Namespace, settings: "Settings") -> None:
+    """Run gunicorn; every worker builds its app from ``settings``, resolved here in the master before it forks."""
     from gunicorn.app.base import BaseApplication
 
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -305,6 +310,10 @@ def _gunicorn(args: argparse.Namespace) -> None:
     }
 
     class Server(BaseApplication):  # type: ignore[misc]
+        def __init__(self, settings: "Settings") -> None:
+            self.settings = settings  # the workers inherit this object; they never read the environment
+            super().__init__()
+
         def load_config(self) -> None:
             for key, value in options.items():
                 if key in self.cfg.settings:  # settings that an older gunicorn lacks are skipped
@@ -313,11 +322,11 @@ def _gunicorn(args: argparse.Namespace) -> None:
         def load(self):  # type: ignore[no-untyped-def]
             from experiment import create_app
 
-            return create_app()
+            return create_app(settings=self.settings)
 
     print(f"advbias on http://{options['bind']}/ with gunicorn, {args.workers} worker(s) x {args.threads} thread(s)")
     sys.stdout.flush()
-    Server().run()
+    Server(settings).run()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -337,7 +346,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 0
         n = write_export(db, args.slug, out, include_void=args.include_void)
     except NotFound as exc:
-        raise ValueError(exc.message) from None
+        raise CommandError(exc.message) from None
     finally:
         db.dispose()
     print(f"wrote {n} answered trial(s) of {args.slug} to {out} (and {out.with_suffix('.json').name})")
@@ -367,14 +376,14 @@ def cmd_experiment_preview(args: argparse.Namespace) -> int:
     from experiment.rehearsal import preview_path
     from experiment.study import find_experiment
 
-    db, _ = _database(args)
+    db, settings = _database(args)
     try:
         exp = find_experiment(db, args.slug)
     except NotFound as exc:
         raise CommandError(exc.message) from None
     finally:
         db.dispose()
-    base = (args.base_url or os.environ.get("ADVBIAS_PUBLIC_URL") or DEFAULT_BASE_URL).rstrip("/")
+    base = (args.base_url or settings.public_url).rstrip("/")
     print(f"{base}{preview_path(exp)}")
     return 0
 

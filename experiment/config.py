@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.export import FULLSCREEN_MODES, allowed_catch_failures
 from advbias.trials import MAIN_TRIAL_TYPES
 from experiment.design import DEFAULT_QUESTION, DesignConfig
@@ -91,32 +92,32 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise InputFileNotFound(f"config file {path} does not exist")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML: {exc}") from None
+        raise InputError(f"{path} is not valid TOML: {exc}") from None
 
 
 def _typed_values(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Every known key with its value or default, each of the declared type; unknown keys refused."""
     unknown = sorted(set(raw) - set(CONFIG_KEYS))
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
+        raise InputError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(CONFIG_KEYS)}")
     values: dict[str, Any] = {}
     for key, (kind, default) in CONFIG_KEYS.items():
         value = raw.get(key, default)
         if value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
-            raise ValueError(f"config key {key} has the wrong type ({type(value).__name__})")
+            raise InputError(f"config key {key} has the wrong type ({type(value).__name__})")
         values[key] = value
     for key in ("conditions", "pairs", "model_sets"):
         if values[key] is not None and not all(isinstance(v, str) for v in values[key]):
-            raise ValueError(f"config key {key} must be a list of strings")
+            raise InputError(f"config key {key} must be a list of strings")
     if values["budgets"] is not None and not all(type(v) is int for v in values["budgets"]):
-        raise ValueError("config key budgets must be a list of integers (8-bit levels)")
+        raise InputError("config key budgets must be a list of integers (8-bit levels)")
     for cond in values["conditions"]:
         if cond not in MAIN_TRIAL_TYPES:
-            raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(MAIN_TRIAL_TYPES)}")
+            raise InputError(f"unknown trial type {cond!r}: choose from {', '.join(MAIN_TRIAL_TYPES)}")
     return values
 
 
@@ -124,28 +125,28 @@ def _check_ranges(values: Mapping[str, Any]) -> int | None:
     """Numbers within their bounds; returns the presentation time in ms (None: until the response)."""
     for key in ("practice_trials", "catch_trials", "fixation_ms", "iti_ms", "break_every"):
         if not 0 <= values[key] <= 100_000:
-            raise ValueError(f"config key {key} must be between 0 and 100000")
+            raise InputError(f"config key {key} must be between 0 and 100000")
     if not 0.0 <= float(values["catch_min_prob"]) <= 1.0:
-        raise ValueError("catch_min_prob must be between 0 and 1")
+        raise InputError("catch_min_prob must be between 0 and 1")
     if not 0 <= values["min_median_trial_ms"] <= 600_000:
-        raise ValueError("min_median_trial_ms must be between 0 (off) and 600000")
+        raise InputError("min_median_trial_ms must be between 0 (off) and 600000")
     if not 0 <= values["min_median_rt_ms"] <= 60_000:
-        raise ValueError("min_median_rt_ms must be between 0 (off) and 60000")
+        raise InputError("min_median_rt_ms must be between 0 (off) and 60000")
     if values["fullscreen"] not in FULLSCREEN_MODES:
-        raise ValueError(f"fullscreen must be one of {', '.join(map(repr, FULLSCREEN_MODES))}")
+        raise InputError(f"fullscreen must be one of {', '.join(map(repr, FULLSCREEN_MODES))}")
     if not 0 <= float(values["min_refresh_hz"]) <= 1000:
-        raise ValueError("min_refresh_hz must be between 0 (any measurable rate) and 1000")
+        raise InputError("min_refresh_hz must be between 0 (any measurable rate) and 1000")
     if not 0 <= values["redirect_after_s"] <= 3600:
-        raise ValueError("redirect_after_s must be between 0 (no automatic redirect) and 3600")
+        raise InputError("redirect_after_s must be between 0 (no automatic redirect) and 3600")
     if not 1 <= values["timeout_minutes"] <= 7 * 24 * 60:
-        raise ValueError("timeout_minutes must be between 1 and 10080 (a week)")
+        raise InputError("timeout_minutes must be between 1 and 10080 (a week)")
     presentation = values["presentation"]
     if isinstance(presentation, str):
         if presentation != "until_response":
-            raise ValueError('presentation must be "until_response" or a duration in milliseconds')
+            raise InputError('presentation must be "until_response" or a duration in milliseconds')
         return None
     if not 1 <= presentation <= 60_000:
-        raise ValueError("presentation must be between 1 and 60000 milliseconds")
+        raise InputError("presentation must be between 1 and 60000 milliseconds")
     return presentation
 
 
@@ -154,14 +155,14 @@ def _completion(values: Mapping[str, Any]) -> tuple[str, str, bool]:
     code = values["completion_code"] or "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(8))
     for key, value in (("completion_code", code), ("screenout_code", values["screenout_code"])):
         if value is not None and not CODE_RE.fullmatch(value):
-            raise ValueError(f"{key} must be 1-64 letters, digits, '-' or '_'")
+            raise InputError(f"{key} must be 1-64 letters, digits, '-' or '_'")
     redirect = values["redirect_url"]
     if not re.match(r"^https?://", redirect):
-        raise ValueError("redirect_url must start with https:// or http://")
+        raise InputError("redirect_url must start with https:// or http://")
     try:
         redirect.format(code="X")
     except (KeyError, IndexError, ValueError):
-        raise ValueError("redirect_url may contain {code} and no other {field}") from None
+        raise InputError("redirect_url may contain {code} and no other {field}") from None
     require_pid = values["require_prolific_pid"]
     if require_pid is None:  # a study that sends people back to Prolific is taken through Prolific
         require_pid = (urlsplit(redirect).hostname or "").endswith("prolific.com")

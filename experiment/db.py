@@ -24,9 +24,11 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from advbias.errors import InputError
+from experiment.settings import SYNCHRONOUS_MODES
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 
 
 class SchemaError(RuntimeError):
@@ -37,21 +39,21 @@ def normalize_url(url: str) -> str:
     """Accept the usual spellings of a PostgreSQL URL and pick the installed driver (psycopg 3)."""
     url = url.strip()
     if not url:
-        raise ValueError("the database URL is empty")
+        raise InputError("the database URL is empty")
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy.exc.ArgumentError
-        raise ValueError(f"not a database URL: {url!r}") from exc
+        raise InputError(f"not a database URL: {url!r}") from exc
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise ValueError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
+        raise InputError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql://")
     return url
 
 
 def sqlite_synchronous(value: str | None = None) -> str:
-    """The SQLite ``synchronous`` mode: ``$ADVBIAS_SQLITE_SYNCHRONOUS`` or FULL.
+    """The SQLite ``synchronous`` mode: ``value`` (the setting ``SQLITE_SYNCHRONOUS``) or FULL.
 
     FULL (the default) flushes every commit to disk before the server confirms an
     answer: nothing acknowledged is lost even on power failure. NORMAL skips that
@@ -59,9 +61,9 @@ def sqlite_synchronous(value: str | None = None) -> str:
     system crash or power cut may lose the last commits) and is many times faster on
     disks with slow flushes.
     """
-    mode = (value or os.environ.get("ADVBIAS_SQLITE_SYNCHRONOUS") or "FULL").strip().upper()
+    mode = (value or "FULL").strip().upper()
     if mode not in SYNCHRONOUS_MODES:
-        raise ValueError(f"SQLite synchronous mode {mode!r}: choose {', '.join(SYNCHRONOUS_MODES)}")
+        raise InputError(f"SQLite synchronous mode {mode!r}: choose {', '.join(SYNCHRONOUS_MODES)}")
     return mode
 
 
@@ -72,7 +74,7 @@ def make_engine(url: str, synchronous: str | None = None) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):
-            raise ValueError("advbias needs a SQLite file, not an in-memory database")
+            raise InputError("advbias needs a SQLite file, not an in-memory database")
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _configure_sqlite(engine, sqlite_synchronous(synchronous))

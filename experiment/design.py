@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from string import Formatter
 from typing import Callable, Iterable, Sequence
 
+from advbias.errors import InputError
 from advbias.manifest import StimulusRow
 from advbias.trials import MAIN_TRIAL_TYPES, OTHER_IMAGE, ImageIndex
 
@@ -118,9 +119,9 @@ def validate_question(template: str) -> None:
     try:
         fields = [name for _, name, _, _ in Formatter().parse(template) if name is not None]
     except ValueError as exc:
-        raise ValueError(f"question template {template!r} is malformed: {exc}") from exc
+        raise InputError(f"question template {template!r} is malformed: {exc}") from exc
     if set(fields) != {"category"}:
-        raise ValueError(f"question template {template!r} must contain {{category}} and no other field")
+        raise InputError(f"question template {template!r} must contain {{category}} and no other field")
 
 
 @dataclass
@@ -158,7 +159,7 @@ class Design:
         self.images = _Images.index(stimuli)
         adversarial = [r for r in stimuli if r.condition == "adversarial"]
         if not adversarial:
-            raise ValueError("the stimulus set has no adversarial images")
+            raise InputError("the stimulus set has no adversarial images")
         self._check_conditions(config)
         self.pairs, self.budgets = self._factors(config, adversarial)
         self.model_sets = self._model_sets(config, adversarial)
@@ -182,15 +183,15 @@ class Design:
         """Trial types known, each once, with the controls they need; a valid question."""
         for cond in config.conditions:
             if cond not in MAIN_TRIAL_TYPES:
-                raise ValueError(f"unknown trial type {cond!r}: choose from {', '.join(MAIN_TRIAL_TYPES)}")
+                raise InputError(f"unknown trial type {cond!r}: choose from {', '.join(MAIN_TRIAL_TYPES)}")
         if not config.conditions or len(set(config.conditions)) != len(config.conditions):
-            raise ValueError("conditions must list at least one trial type, each once")
+            raise InputError("conditions must list at least one trial type, each once")
         validate_question(config.question)
         if config.practice_trials < 0 or config.catch_trials < 0:
-            raise ValueError("practice_trials and catch_trials cannot be negative")
+            raise InputError("practice_trials and catch_trials cannot be negative")
         for cond in config.conditions:
             if not self.images.trials.supports(cond):
-                raise ValueError(f"trial type {cond} needs {OTHER_IMAGE[cond]} controls, and the stimulus set has none")
+                raise InputError(f"trial type {cond} needs {OTHER_IMAGE[cond]} controls, and the stimulus set has none")
 
     @staticmethod
     def _factors(config: DesignConfig, adversarial: list[StimulusRow]) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -199,18 +200,18 @@ class Design:
         pairs = tuple(config.pairs) if config.pairs is not None else tuple(set_pairs)
         for pair in pairs:
             if pair not in set_pairs:
-                raise ValueError(f"pair {pair!r} is not in the stimulus set (it has {', '.join(set_pairs)})")
+                raise InputError(f"pair {pair!r} is not in the stimulus set (it has {', '.join(set_pairs)})")
         if not pairs:
-            raise ValueError("pairs must list at least one category pair")
+            raise InputError("pairs must list at least one category pair")
         set_budgets = sorted({r.eps for r in adversarial if r.pair in pairs})
         budgets = tuple(config.budgets) if config.budgets is not None else tuple(set_budgets)
         for eps in budgets:
             if eps not in set_budgets:
-                raise ValueError(
+                raise InputError(
                     f"budget {eps} is not in the stimulus set (it has {', '.join(map(str, set_budgets))})"
                 )
         if not budgets or len(set(budgets)) != len(budgets):
-            raise ValueError("budgets must list at least one budget, each once")
+            raise InputError("budgets must list at least one budget, each once")
         return pairs, budgets
 
     @staticmethod
@@ -225,16 +226,16 @@ class Design:
         shown = ", ".join(n or '""' for n in set_names)
         for name in config.model_sets:
             if name not in set_names:
-                raise ValueError(f"model set {name!r} is not in the stimulus set (it has {shown})")
+                raise InputError(f"model set {name!r} is not in the stimulus set (it has {shown})")
         if not config.model_sets or len(set(config.model_sets)) != len(config.model_sets):
-            raise ValueError("model_sets must list at least one model set, each once")
+            raise InputError("model_sets must list at least one model set, each once")
         return tuple(config.model_sets)
 
     def _main_trials(self, config: DesignConfig) -> int:
         """Main trials per participant: a multiple of the cell count that the usable photos can carry."""
         k = len(self.cells)
         if len(self.sources) < k:
-            raise ValueError(
+            raise InputError(
                 f"the design has {k} cells (pairs x model sets x trial types x budgets x 2 asked categories) and needs "
                 f"at least one source image per cell; the stimulus set has {len(self.sources)} usable source images"
             )
@@ -243,12 +244,12 @@ class Design:
             return per_cell_max * k
         n = config.trials_per_participant
         if n <= 0 or n % k:
-            raise ValueError(
+            raise InputError(
                 f"trials_per_participant must be a positive multiple of {k} (the number of design cells) "
                 f"so that every participant sees each combination equally often; got {n}"
             )
         if n > per_cell_max * k:
-            raise ValueError(
+            raise InputError(
                 f"trials_per_participant {n} needs {n // k} source images per cell, but the set has "
                 f"{len(self.sources)} usable source images for {k} cells (at most {per_cell_max * k} trials)"
             )
@@ -262,7 +263,7 @@ class Design:
             if row.ensemble_category and prob is not None and prob >= config.catch_min_prob:
                 pool[row.ensemble_category].append(row)
         if config.catch_trials and len(pool) < 2:
-            raise ValueError(
+            raise InputError(
                 f"catch trials need clean images of at least two categories that the ensemble rates "
                 f">= {config.catch_min_prob} (catch_min_prob); the set has {len(pool)}: "
                 f"lower catch_min_prob or set catch_trials = 0"
@@ -320,7 +321,7 @@ class Design:
     def list_factors(self, list_index: int) -> tuple[int, int, int]:
         """``(side, rotation, window)`` of a list; the side factor varies fastest, then the rotation."""
         if not 0 <= list_index < self.n_lists:
-            raise ValueError(f"list {list_index} does not exist (0..{self.n_lists - 1})")
+            raise InputError(f"list {list_index} does not exist (0..{self.n_lists - 1})")
         k = len(self.cells)
         return list_index % 2, (list_index // 2) % k, list_index // (2 * k)
 

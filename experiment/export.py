@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.export import (
     COLUMNS, FLOAT_COLUMNS, FORMULA_STARTS, INT_COLUMNS, MEASURED_COLUMNS, UNTRUSTED_TEXT_COLUMNS, write_sidecar,
 )
@@ -120,7 +121,7 @@ def export_frame(db: Database, slug: str, *, include_void: bool = False):  # typ
 def export_format(path: Path) -> str:
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise ValueError(f"cannot tell the format of {path}: use a .csv or .parquet file name")
+        raise InputError(f"cannot tell the format of {path}: use a .csv or .parquet file name")
     return fmt
 
 
@@ -168,7 +169,7 @@ def write_export(db: Database, slug: str, out: Path, *, include_void: bool = Fal
     out = Path(out)
     fmt = export_format(out)
     if not out.parent.exists():
-        raise FileNotFoundError(f"folder {out.parent} does not exist")
+        raise InputFileNotFound(f"folder {out.parent} does not exist")
     frame = export_frame(db, slug, include_void=include_void)
     tmp = out.with_name(f".{out.name}.partial")
     _write(frame, tmp, fmt)

@@ -71,19 +71,6 @@ class StartPolicy:
             )
 
 
-def parse_start_limit(text: str | int | None) -> tuple[int, float]:
-    """``"N/SECONDS"`` (or ``"N"`` for a 600 s window, ``"0"`` for none) as (limit, window_s)."""
-    raw = str(text if text is not None else "0").strip()
-    count, _, window = raw.partition("/")
-    try:
-        limit, seconds = int(count), float(window or 600)
-    except ValueError:
-        raise ValueError(f"start limit {raw!r}: write N/SECONDS, e.g. 30/600, or 0 for none") from None
-    if limit < 0 or seconds <= 0:
-        raise ValueError(f"start limit {raw!r}: N must be >= 0 and SECONDS > 0")
-    return limit, seconds
-
-
 def resume_allowed(found: Participant, study: str | None, sess: str | None, token: str | None) -> bool:
     """May this start resume ``found``? Only with its token, or with its own SESSION_ID and STUDY_ID."""
     if token is not None and hmac.compare_digest(token, found.token):

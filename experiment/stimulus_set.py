@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from advbias.errors import InputError, InputFileNotFound
 from advbias.manifest import StimulusRow, read_manifest, set_id
 from advbias.setdir import image_path, manifest_path, read_set_json, set_json_path
 
@@ -24,11 +25,11 @@ def read_set(setdir: Path) -> tuple[list[StimulusRow], dict[str, Any], str]:
     """
     setdir = Path(setdir)
     if not setdir.is_dir():
-        raise FileNotFoundError(f"stimulus set folder {setdir} does not exist")
+        raise InputFileNotFound(f"stimulus set folder {setdir} does not exist")
     rows = read_manifest(setdir)
     info_path = set_json_path(setdir)
     if not info_path.is_file():
-        raise FileNotFoundError(f"{setdir} is not a stimulus set: {info_path.name} is missing")
+        raise InputFileNotFound(f"{setdir} is not a stimulus set: {info_path.name} is missing")
     info = read_set_json(info_path)
     digest = set_id(setdir)
     return rows, info, digest
@@ -46,10 +47,10 @@ def import_images(setdir: Path, rows: Iterable[StimulusRow], store: Path, *, lin
     for row in rows:
         src = image_path(setdir, row.stimulus_id)
         if not src.is_file():
-            raise FileNotFoundError(f"image {src} listed in the manifest is missing")
+            raise InputFileNotFound(f"image {src} listed in the manifest is missing")
         data = src.read_bytes()
         if hashlib.sha256(data).hexdigest() != row.stimulus_id:
-            raise ValueError(f"image {src.name} does not match its sha256: the set is corrupt or was edited")
+            raise InputError(f"image {src.name} does not match its sha256: the set is corrupt or was edited")
         dest = store / f"{row.stimulus_id}.png"
         delivered = delivery_path(store, row.stimulus_id)
         if not delivered.exists():
@@ -110,7 +111,7 @@ def delivery_png(data: bytes) -> bytes:
 
     with Image.open(io.BytesIO(data)) as image:
         if image.mode not in ("RGB", "L"):
-            raise ValueError(f"stimulus images must be RGB or greyscale, not {image.mode}")
+            raise InputError(f"stimulus images must be RGB or greyscale, not {image.mode}")
         rgb = image.convert("RGB")
         width, height = rgb.size
         pixels = rgb.tobytes()

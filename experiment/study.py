@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from advbias.errors import InputError, InputFileExists
 from advbias.manifest import StimulusRow
 from experiment.db import Database
 from experiment.design import Design
@@ -49,7 +50,7 @@ def create_experiment(
     ``created=False``; the same slug with anything different is refused.
     """
     if not SLUG_RE.fullmatch(slug):
-        raise ValueError(f"experiment name {slug!r} must be 1-63 lowercase letters, digits or '-'")
+        raise InputError(f"experiment name {slug!r} must be 1-63 lowercase letters, digits or '-'")
     rows, info, digest = read_set(Path(setdir))
     design_config, settings = resolve_config(raw_config)
     design = Design(rows, design_config)
@@ -94,16 +95,16 @@ def create_experiment(
 def _same_or_refuse(existing: Experiment, digest: str, raw_config: Mapping[str, Any],
                     plan: Mapping[str, str] | None) -> Experiment:
     if existing.set_hash != digest:
-        raise FileExistsError(
+        raise InputFileExists(
             f"experiment {existing.slug!r} already exists with a different stimulus set; choose another --name"
         )
     if existing.settings.get("config") != jsonable(dict(raw_config)):
-        raise FileExistsError(
+        raise InputFileExists(
             f"experiment {existing.slug!r} already exists with a different configuration; choose another --name"
         )
     stored = (existing.settings.get("analysis_plan") or {}).get("sha256")
     if stored != (plan or {}).get("sha256"):
-        raise FileExistsError(
+        raise InputFileExists(
             f"experiment {existing.slug!r} already exists with a different analysis plan (stored: "
             f"{(stored or 'none')[:12]}); a plan cannot change after creation: choose another --name"
         )

@@ -10,6 +10,8 @@ import datetime as _dt
 import os
 from typing import Any
 
+from advbias.errors import InputError
+
 
 class Dist:
     """The torchrun process group, when there is one (``WORLD_SIZE`` > 1)."""
@@ -90,7 +92,7 @@ def resolve_device(device: str, local_rank: int) -> str:
         device = f"cuda:{local_rank}"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA device is available here")
+            raise InputError(f"--device {device}: no CUDA device is available here")
     elif device != "cpu" and not device.startswith("mps"):
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+        raise InputError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     return device

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.setdir import atomic_write_bytes, image_path
 
 #: zlib level for PNGs. Fixed so that the same pixels always give the same bytes
@@ -64,6 +65,17 @@ def decode_png(data: bytes) -> np.ndarray:
         if img.format != "PNG" or img.mode != "RGB":
             raise ValueError(f"not an 8-bit RGB PNG (format {img.format}, mode {img.mode})")
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def read_stimulus(path: Path) -> np.ndarray:
+    """The pixels of a set's image file; a file that is not an 8-bit RGB PNG is the user's :class:`InputError`."""
+    from PIL import UnidentifiedImageError
+
+    data = path.read_bytes()
+    try:
+        return decode_png(data)
+    except (ValueError, UnidentifiedImageError) as exc:
+        raise InputError(f"{path} is not a stimulus image ({exc}): check the set with advbias stimuli verify") from None
 
 
 def png_chunks(data: bytes) -> list[bytes]:

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from advbias.errors import InputError, user_error
 from advbias.manifest import IMAGE_CONDITIONS, pair_key, read_records, write_manifest
 from advbias.setdir import (
     SET_JSON_NAME,
@@ -97,15 +98,15 @@ def _unit_path(setdir: Path, k: int) -> Path:
 def check_setdir(setdir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     """Refuse a folder that holds something else; return the existing set.json when resuming."""
     if setdir.exists() and not setdir.is_dir():
-        raise ValueError(f"--out {setdir} exists and is not a folder")
+        raise InputError(f"--out {setdir} exists and is not a folder")
     meta_path = set_json_path(setdir)
     if meta_path.is_file():
         try:
             meta = read_set_json(meta_path)
         except SetFileError as exc:
             if exc.field == "format":
-                raise ValueError(f"{setdir} holds a set of another format ({exc}); choose a new --out folder") from None
-            raise ValueError(f"{meta_path} is unreadable ({exc}); choose a new --out folder") from None
+                raise InputError(f"{setdir} holds a set of another format ({exc}); choose a new --out folder") from None
+            raise InputError(f"{meta_path} is unreadable ({exc}); choose a new --out folder") from None
         old = meta["parameters"]
         compared = {k: v for k, v in old.items() if k != "images"}
         if compared != identity:
@@ -114,13 +115,13 @@ def check_setdir(setdir: Path, identity: dict[str, Any]) -> dict[str, Any] | Non
                 for k in sorted(set(compared) | set(identity))
                 if compared.get(k) != identity.get(k)
             ]
-            raise ValueError(
+            raise InputError(
                 f"{setdir} already holds a set built with other parameters ({'; '.join(diffs)}); "
                 "use a new --out folder or the original parameters"
             )
         return meta
     if setdir.is_dir() and any(setdir.iterdir()):
-        raise ValueError(f"--out {setdir} is not empty and holds no stimulus set (no {SET_JSON_NAME}); choose a new folder")
+        raise InputError(f"--out {setdir} is not empty and holds no stimulus set (no {SET_JSON_NAME}); choose a new folder")
     return None
 
 
@@ -359,16 +360,20 @@ class _StepsToImages:
 def _plan(params: SetParams, setdir: Path, dist: Dist) -> tuple:
     """Rank 0 reads the photos and checks the folder; the other ranks get its plan (or its error)."""
     plan: Any = None
+    failed: Exception | None = None
     if dist.rank == 0:
         try:
             sources, skipped, ignored = plan_sources(params.images, params.limit)
             identity = {**params.identity(), "sources_sha256": sources_digest(sources)}
             plan = ("ok", sources, skipped, ignored, identity, check_setdir(setdir, identity))
-        except (ValueError, FileNotFoundError) as exc:
-            plan = ("error", type(exc).__name__, str(exc))
+        except (ValueError, FileNotFoundError) as exc:  # every rank reports it, not only rank 0
+            failed = exc
+            plan = ("error", user_error(exc), str(exc))
     plan = dist.broadcast(plan)
     if plan[0] == "error":
-        raise (FileNotFoundError if plan[1] == "FileNotFoundError" else ValueError)(plan[2])
+        if failed is not None:
+            raise failed  # rank 0: the exception itself, with its traceback
+        raise (InputError if plan[1] else RuntimeError)(plan[2])
     if dist.rank == 0:
         for s in plan[2]:
             print(f"advbias: skipped {s.name}: {s.reason}", file=sys.stderr)
@@ -376,6 +381,14 @@ def _plan(params: SetParams, setdir: Path, dist: Dist) -> tuple:
 
 
 def _prepare_torch(params: SetParams, device: str) -> None:
+    """Seed torch and make CUDA deterministic.
+
+    cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` from the environment when CUDA initialises, and
+    deterministic matrix products need it set; there is no other way to pass it. So this is one
+    of the two documented places where product code writes the environment
+    (docs/architecture.md): it sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (unless already set)
+    before the first CUDA call.
+    """
     import torch
 
     if device.startswith("cuda"):

@@ -24,11 +24,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.manifest import StimulusRow, read_manifest
 from advbias.observers import read as read_observers, write as write_observers
 from advbias.setdir import image_path, observers_path, read_set_json, require_finished
 from advbias.trials import MAIN_TRIAL_TYPES, ImageIndex, order_index
-from stimuli.files import decode_png
+from stimuli.files import read_stimulus
 from stimuli.params import recorded_model_sets
 
 
@@ -40,9 +41,9 @@ def _read_set(setdir: Path) -> tuple[dict[str, Any], list[StimulusRow]]:
 def _model_names(models: Any) -> list[str]:
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else list(models or [])) if m.strip()]
     if not names:
-        raise ValueError("--models: give at least one model to observe with (e.g. lite2)")
+        raise InputError("--models: give at least one model to observe with (e.g. lite2)")
     if len(set(names)) != len(names):
-        raise ValueError(f"--models: a model is listed twice in {','.join(names)}")
+        raise InputError(f"--models: a model is listed twice in {','.join(names)}")
     return names
 
 
@@ -103,7 +104,7 @@ def _probabilities(model: Any, setdir: Path, rows: Sequence[StimulusRow], device
     out: dict[tuple[str, str], float] = {}
     for lo in range(0, len(wanted), 64):
         batch = wanted[lo : lo + 64]
-        px = np.stack([decode_png(image_path(setdir, r.stimulus_id).read_bytes()) for r in batch])
+        px = np.stack([read_stimulus(image_path(setdir, r.stimulus_id)) for r in batch])
         probs = attacks.class_probabilities(model, torch.from_numpy(px).permute(0, 3, 1, 2).contiguous())
         for c in cats:
             pc = attacks.target_probability(None, None, [c] * len(batch), probs=probs)

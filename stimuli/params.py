@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from advbias.errors import InputError
 from advbias.manifest import MODEL_SET_NAME, model_set_name
 from attacks.recipe import DEFAULT_RECIPE, Recipe
 from stimuli.sources import Source
@@ -106,7 +107,7 @@ def _as_list(value: Any, what: str) -> list[str]:
     try:
         return [str(v).strip() for v in value if str(v).strip()]
     except TypeError:
-        raise ValueError(f"{what} must be a list or a comma-separated string, got {value!r}") from None
+        raise InputError(f"{what} must be a list or a comma-separated string, got {value!r}") from None
 
 
 def parse_pairs(pairs: Any) -> tuple[tuple[str, str], ...]:
@@ -121,29 +122,29 @@ def parse_pairs(pairs: Any) -> tuple[tuple[str, str], ...]:
             for chunk in [c for c in p.split(",") if c.strip()]:
                 parts = chunk.split(":")
                 if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-                    raise ValueError(f"--pairs: {chunk.strip()!r} is not of the form A:B (e.g. cat:truck)")
+                    raise InputError(f"--pairs: {chunk.strip()!r} is not of the form A:B (e.g. cat:truck)")
                 items.append((parts[0], parts[1]))
         else:
             p = tuple(p)
             if len(p) != 2:
-                raise ValueError(f"--pairs: {p!r} is not a pair (A, B)")
+                raise InputError(f"--pairs: {p!r} is not a pair (A, B)")
             items.append((str(p[0]), str(p[1])))
     if not items:
-        raise ValueError("--pairs: give at least one pair A:B (e.g. cat:truck)")
+        raise InputError("--pairs: give at least one pair A:B (e.g. cat:truck)")
     out: list[tuple[str, str]] = []
     seen: set[frozenset[str]] = set()
     for a, b in items:
         a, b = a.strip().lower(), b.strip().lower()
         if a == b:
-            raise ValueError(f"--pairs: {a}:{b} names the same category twice; A and B must differ")
+            raise InputError(f"--pairs: {a}:{b} names the same category twice; A and B must differ")
         try:
             ca, cb = set(resolve_target(a)), set(resolve_target(b))
         except ValueError as exc:
-            raise ValueError(f"--pairs: {exc}") from None
+            raise InputError(f"--pairs: {exc}") from None
         if ca & cb:
-            raise ValueError(f"--pairs: {a} and {b} share ImageNet classes {sorted(ca & cb)}; A and B must not overlap")
+            raise InputError(f"--pairs: {a} and {b} share ImageNet classes {sorted(ca & cb)}; A and B must not overlap")
         if frozenset((a, b)) in seen:
-            raise ValueError(f"--pairs: the pair {a}:{b} is listed twice")
+            raise InputError(f"--pairs: the pair {a}:{b} is listed twice")
         seen.add(frozenset((a, b)))
         out.append((a, b))
     return tuple(out)
@@ -162,12 +163,12 @@ def parse_eps(eps: Any) -> tuple[int, ...]:
         except ValueError:
             value = None
         if value is None or isinstance(e, bool):
-            raise ValueError(f"--eps: {text!r} is not a whole number of 8-bit levels (1..255)")
+            raise InputError(f"--eps: {text!r} is not a whole number of 8-bit levels (1..255)")
         if not 1 <= value <= 255:
-            raise ValueError(f"--eps: {value} is outside 1..255 (budgets are in 8-bit levels)")
+            raise InputError(f"--eps: {value} is outside 1..255 (budgets are in 8-bit levels)")
         values.append(value)
     if not values:
-        raise ValueError("--eps: give at least one budget in 8-bit levels, e.g. 2,4,8,16")
+        raise InputError("--eps: give at least one budget in 8-bit levels, e.g. 2,4,8,16")
     return tuple(sorted(set(values)))
 
 
@@ -179,26 +180,26 @@ def _whole(value: Any, option: str, minimum: int, maximum: int | None = None) ->
     elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
         number = int(value.strip())
     if number is None:
-        raise ValueError(f"{option} must be a whole number, got {value!r}")
+        raise InputError(f"{option} must be a whole number, got {value!r}")
     if number < minimum:
-        raise ValueError(f"{option} must be at least {minimum}, got {number}")
+        raise InputError(f"{option} must be at least {minimum}, got {number}")
     if maximum is not None and number > maximum:
-        raise ValueError(f"{option} must be at most {maximum}, got {number}")
+        raise InputError(f"{option} must be at most {maximum}, got {number}")
     return number
 
 
 def _models(models: Any, holdout: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
     models_l = _as_list(models, "--models")
     if not models_l:
-        raise ValueError("--models: give at least one model to attack")
+        raise InputError("--models: give at least one model to attack")
     if len(set(models_l)) != len(models_l):
-        raise ValueError(f"--models: a model is listed twice in {','.join(models_l)}")
+        raise InputError(f"--models: a model is listed twice in {','.join(models_l)}")
     holdout_l = _as_list(holdout, "--holdout")
     overlap = sorted(set(models_l) & set(holdout_l))
     if overlap:
-        raise ValueError(f"--holdout: {','.join(overlap)} is also attacked; a held-out model must not be in --models")
+        raise InputError(f"--holdout: {','.join(overlap)} is also attacked; a held-out model must not be in --models")
     if len(set(holdout_l)) != len(holdout_l):
-        raise ValueError(f"--holdout: a model is listed twice in {','.join(holdout_l)}")
+        raise InputError(f"--holdout: a model is listed twice in {','.join(holdout_l)}")
     return tuple(models_l), tuple(holdout_l)
 
 
@@ -211,7 +212,7 @@ def parse_model_sets(model_sets: Any) -> tuple[tuple[str, tuple[str, ...]], ...]
         if isinstance(entry, str):
             name, sep, models = entry.partition("=")
             if not sep:
-                raise ValueError(f"--model-set: {entry!r} is not of the form NAME=M1[,M2...] (e.g. conv=lite0,lite1)")
+                raise InputError(f"--model-set: {entry!r} is not of the form NAME=M1[,M2...] (e.g. conv=lite0,lite1)")
             items.append((name.strip(), models))
         else:
             name, models = entry
@@ -219,17 +220,17 @@ def parse_model_sets(model_sets: Any) -> tuple[tuple[str, tuple[str, ...]], ...]
     out: list[tuple[str, tuple[str, ...]]] = []
     for name, models in items:
         if not MODEL_SET_NAME.match(name):
-            raise ValueError(f"--model-set: {name!r} is not a model-set name (1-64 letters, digits, '.', '_', '+', '-')")
+            raise InputError(f"--model-set: {name!r} is not a model-set name (1-64 letters, digits, '.', '_', '+', '-')")
         models_l = _as_list(models, f"--model-set {name}")
         if not models_l:
-            raise ValueError(f"--model-set {name}: give at least one model to attack")
+            raise InputError(f"--model-set {name}: give at least one model to attack")
         if len(set(models_l)) != len(models_l):
-            raise ValueError(f"--model-set {name}: a model is listed twice in {','.join(models_l)}")
+            raise InputError(f"--model-set {name}: a model is listed twice in {','.join(models_l)}")
         for other, other_models in out:
             if other == name:
-                raise ValueError(f"--model-set: the name {name} is given twice")
+                raise InputError(f"--model-set: the name {name} is given twice")
             if set(other_models) == set(models_l):
-                raise ValueError(f"--model-set: {other} and {name} attack the same models; each set needs its own")
+                raise InputError(f"--model-set: {other} and {name} attack the same models; each set needs its own")
         out.append((name, tuple(models_l)))
     return tuple(out)
 
@@ -249,7 +250,7 @@ def _controls(controls: Any) -> tuple[str, ...]:
     controls_l = [c.lower() for c in _as_list(controls, "--controls")]
     unknown = [c for c in controls_l if c not in CONTROLS]
     if unknown:
-        raise ValueError(f"--controls: unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
+        raise InputError(f"--controls: unknown control {unknown[0]!r}; choose from {', '.join(CONTROLS)}")
     return tuple(c for c in CONTROLS if c in controls_l)
 
 
@@ -264,7 +265,7 @@ def _recipe(options: dict[str, Any]) -> Recipe:
     except ValueError as exc:
         message = str(exc)
         field = next((f for f in RECIPE_OPTIONS if message.startswith(f + " ")), None)
-        raise ValueError(f"--{field.replace('_', '-')}{message[len(field):]}" if field else message) from None
+        raise InputError(f"--{field.replace('_', '-')}{message[len(field):]}" if field else message) from None
 
 
 def _batch_size(batch_size: Any, device: str) -> int:
@@ -273,7 +274,7 @@ def _batch_size(batch_size: Any, device: str) -> int:
     try:
         return _whole(batch_size, "--batch-size", 1)
     except ValueError:
-        raise ValueError(f"--batch-size must be 'auto' or a positive whole number, got {batch_size!r}") from None
+        raise InputError(f"--batch-size must be 'auto' or a positive whole number, got {batch_size!r}") from None
 
 
 def make_params(

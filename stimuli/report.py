@@ -21,9 +21,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from advbias.errors import InputError
 from advbias.manifest import read_records
 from advbias.setdir import atomic_write_text, read_set_json, require_finished
-from stimuli.files import decode_png
+from stimuli.files import read_stimulus
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
@@ -136,7 +137,7 @@ def _gallery(setdir: Path, rows: list[dict[str, str]], n_sources: int, has_holdo
 
     def px(r: dict[str, str]) -> np.ndarray:
         if r["stimulus_id"] not in pixels:
-            pixels[r["stimulus_id"]] = decode_png((setdir / r["file"]).read_bytes())
+            pixels[r["stimulus_id"]] = read_stimulus(setdir / r["file"])
         return pixels[r["stimulus_id"]]
 
     blocks = []
@@ -247,9 +248,9 @@ def write_report(setdir: Path, gallery: int | str = 12) -> Path:
     try:
         gallery = int(str(gallery).strip())
     except ValueError:
-        raise ValueError(f"--gallery must be a whole number, got {gallery!r}") from None
+        raise InputError(f"--gallery must be a whole number, got {gallery!r}") from None
     if gallery < 0:
-        raise ValueError(f"--gallery must be 0 or more, got {gallery}")
+        raise InputError(f"--gallery must be 0 or more, got {gallery}")
     meta = read_set_json(setdir)
     p = meta["parameters"]
     rows = read_records(setdir)

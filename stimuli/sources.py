@@ -24,6 +24,8 @@ import numpy as np
 
 from stimuli.files import sha256_bytes
 
+from advbias.errors import InputError, InputFileNotFound
+
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 
 #: scikit-image's real colour photographs (its other samples are grey, synthetic,
@@ -59,7 +61,7 @@ def _package_dir(package: str) -> Path:
     """The folder of an installed package, found without importing it (foolbox is slow to import)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the builtin images need the '{package}' package, which is not installed")
+        raise InputFileNotFound(f"the builtin images need the '{package}' package, which is not installed")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -75,16 +77,16 @@ def builtin_candidates() -> list[tuple[str, Path, int | None]]:
         if (sk / name).is_file():
             out.append((f"skimage/{name}", sk / name, None))
     if not out:
-        raise FileNotFoundError("no builtin images found in the installed foolbox and scikit-image packages")
+        raise InputFileNotFound("no builtin images found in the installed foolbox and scikit-image packages")
     return sorted(out, key=lambda t: t[0])
 
 
 def folder_candidates(folder: Path) -> tuple[list[tuple[str, Path, int | None]], int]:
     """(name, path, None) of every JPEG/PNG below ``folder`` in sorted order, and how many other files were ignored."""
     if not folder.exists():
-        raise FileNotFoundError(f"image folder not found: {folder}")
+        raise InputFileNotFound(f"image folder not found: {folder}")
     if not folder.is_dir():
-        raise ValueError(f"--images must be a folder or 'builtin', got the file {folder}")
+        raise InputError(f"--images must be a folder or 'builtin', got the file {folder}")
     found, ignored = [], 0
     for path in folder.rglob("*"):
         if not path.is_file():
@@ -123,7 +125,7 @@ def plan_sources(images: str | Path, limit: int | None = None) -> tuple[list[Sou
     one-line error when there is no usable photo at all.
     """
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise InputError(f"--limit must be at least 1, got {limit}")
     if str(images) == "builtin":
         candidates, ignored = builtin_candidates(), 0
         where = "the builtin set"
@@ -132,7 +134,7 @@ def plan_sources(images: str | Path, limit: int | None = None) -> tuple[list[Sou
         candidates, ignored = folder_candidates(folder)
         where = str(folder)
         if not candidates:
-            raise ValueError(f"no JPEG or PNG images found in {folder}")
+            raise InputError(f"no JPEG or PNG images found in {folder}")
     sources: list[Source] = []
     skipped: list[Skipped] = []
     seen: dict[str, str] = {}
@@ -153,7 +155,7 @@ def plan_sources(images: str | Path, limit: int | None = None) -> tuple[list[Sou
         seen[digest] = name
         sources.append(Source(name=name, path=path, sha256=digest, label=label))
     if not sources:
-        raise ValueError(f"none of the {len(candidates)} image files in {where} could be read")
+        raise InputError(f"none of the {len(candidates)} image files in {where} could be read")
     return sources, skipped, ignored
 
 
@@ -163,7 +165,7 @@ def load_crop(source: Source, size: int) -> np.ndarray:
 
     data = source.path.read_bytes()
     if sha256_bytes(data) != source.sha256:
-        raise ValueError(f"{source.name} changed on disk while the set was being built")
+        raise InputError(f"{source.name} changed on disk while the set was being built")
     img = decode_photo(data)
     w, h = img.size
     scale = size / min(w, h)

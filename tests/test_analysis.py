@@ -427,3 +427,21 @@ def test_power_from_a_pilot_export(tmp_path: Path, capsys: pytest.CaptureFixture
     assert advbias(["power", "--bias", "0.56", "--trials", "80", "--pilot", str(path), "--condition", "vs_flip",
                     "--quiet"]) == 2
     assert "no main trials of condition 'vs_flip'" in capsys.readouterr().err
+
+
+def test_a_bug_inside_analyze_is_a_traceback_and_an_internal_error(
+        export_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A plain ValueError from inside the analysis (as a plotting library raises) is not the user's error."""
+    import analysis.run
+
+    def broken_figures(*_args: object, **_kwargs: object) -> None:  # stands in for a library bug
+        raise ValueError("x and y must have same first dimension, but have shapes (4,) and (3,)")
+
+    monkeypatch.setattr(analysis.run, "figures_for", broken_figures)
+    status = advbias(["analyze", str(export_files["csv"]), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert err[0] == "Traceback (most recent call last):" and any("broken_figures" in line for line in err)
+    assert err[-1].startswith("advbias: internal error: ValueError: x and y must have same first dimension")
+    assert "bug in advbias" in err[-1] and not any(line.startswith("advbias: error:") for line in err)

@@ -370,14 +370,18 @@ def test_link_option_symlinks_images(cli, clean_database, stimulus_set, tmp_path
         app.extensions["advbias"].db.dispose()
 
 
-def test_sqlite_synchronous_mode_is_configurable(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("ADVBIAS_SQLITE_SYNCHRONOUS", "normal")
-    db = Database(f"sqlite:///{tmp_path / 'normal.db'}")
+def test_sqlite_synchronous_mode_is_configurable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from experiment.settings import Settings
+
+    settings = Settings.resolve({"DATABASE_URL": f"sqlite:///{tmp_path / 'normal.db'}"},
+                                environ={"ADVBIAS_SQLITE_SYNCHRONOUS": "normal"})
+    db = Database(settings.database_url, settings.sqlite_synchronous)
     try:
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     finally:
         db.dispose()
-    monkeypatch.setenv("ADVBIAS_SQLITE_SYNCHRONOUS", "sometimes")
+    with pytest.raises(ValueError, match="ADVBIAS_SQLITE_SYNCHRONOUS: SQLite synchronous mode 'SOMETIMES'"):
+        Settings.resolve(environ={"ADVBIAS_SQLITE_SYNCHRONOUS": "sometimes"})
     with pytest.raises(ValueError, match="SQLite synchronous mode 'SOMETIMES'"):
-        Database(f"sqlite:///{tmp_path / 'bad.db'}")
+        Database(f"sqlite:///{tmp_path / 'bad.db'}", "sometimes")

@@ -5,7 +5,10 @@
 * Stages import only downward (``stimuli -> attacks``; ``experiment`` and ``analysis``
   import neither each other nor ``stimuli``), checked on the source's import statements.
 * No import cycle between product modules (imports inside functions included).
-* No product module is over 600 lines.
+* No product module is over 600 lines, and no function in one is over 80.
+* Product code never writes the environment (``os.environ[...] =``, ``setdefault``, ``update``,
+  ``pop``, ``del``, ``os.putenv``, ...) except in the two documented places named in
+  :data:`ENVIRONMENT_WRITES`: settings are resolved once and handed down (experiment/settings.py).
 * Every reader of the two files between stages uses their owner's columns.
 * One owner per file between stages: exactly one product module spells the names of a stimulus
   set's files (``set.json``, ``manifest.csv``, ``observers.csv``, ``images/``), and the trial-type
@@ -80,6 +83,97 @@ def test_no_product_module_over_600_lines() -> None:
     big = {str(p.relative_to(ROOT)): n for p in _product_modules()
            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
     assert not big, big
+
+
+#: The documented places where product code writes the environment (docs/architecture.md):
+#: (module, function, variable). Each sets a variable a library reads only from there.
+ENVIRONMENT_WRITES = {
+    ("attacks/foolbox_backend.py", "import_foolbox", "GIT_PYTHON_REFRESH"),  # GitPython, imported by foolbox
+    ("stimuli/generate.py", "_prepare_torch", "CUBLAS_WORKSPACE_CONFIG"),  # cuBLAS, when CUDA initialises
+}
+_ENVIRON_METHODS = {"setdefault", "update", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
+_ENV_FUNCTIONS = {"os.putenv", "os.unsetenv", "putenv", "unsetenv"}
+
+
+def environment_writes(path: Path) -> list[tuple[str, str, int]]:
+    """Every write to the environment in ``path``: (enclosing function, variable or "?", line)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    # ``environ`` alone is the process's only where it is imported from os (a WSGI app's is the request's)
+    names = {"os.environ"} | {alias.asname or alias.name for node in ast.walk(tree)
+                              if isinstance(node, ast.ImportFrom) and node.module == "os"
+                              for alias in node.names if alias.name == "environ"}
+
+    def function(node: ast.AST) -> str:
+        while node in parents:
+            node = parents[node]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                return node.name
+        return "<module>"
+
+    def key(node: ast.AST | None) -> str:
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else "?"
+
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.AST] = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+        for target in targets:
+            for part in ast.walk(target):
+                if isinstance(part, ast.Subscript) and ast.unparse(part.value) in names:
+                    found.append((function(node), key(part.slice), node.lineno))
+        if isinstance(node, ast.Call):
+            func = node.func
+            if (isinstance(func, ast.Attribute) and func.attr in _ENVIRON_METHODS
+                    and ast.unparse(func.value) in names) or ast.unparse(func) in _ENV_FUNCTIONS:
+                found.append((function(node), key(node.args[0] if node.args else None), node.lineno))
+    return found
+
+
+def test_product_code_writes_the_environment_only_where_documented() -> None:
+    writes = {(str(p.relative_to(ROOT)), fn, var): line for p in _product_modules()
+              for fn, var, line in environment_writes(p)}
+    wrong = sorted(f"{path}:{line} {fn}() writes {var}" for (path, fn, var), line in writes.items()
+                   if (path, fn, var) not in ENVIRONMENT_WRITES)
+    assert not wrong, "\n".join(wrong)
+    assert set(writes) == ENVIRONMENT_WRITES  # and each documented exception is still needed
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert all(var in page and fn in page for _, fn, var in ENVIRONMENT_WRITES)
+
+
+def test_the_environment_rule_sees_every_kind_of_write(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text(
+        "import os\nfrom os import environ\n"
+        "os.environ['A'] = '1'\n"
+        "def f():\n    os.environ.setdefault('B', '1')\n    os.environ.update(C='1')\n"
+        "    environ.pop('D', None)\n    del os.environ['E']\n    os.putenv('F', '1')\n"
+        "    os.environ['G'] += 'x'\n"
+        "def g(environ):\n    return os.environ.get('H'), dict(os.environ), {**os.environ, 'I': '1'}\n")
+    wsgi = tmp_path / "w.py"
+    wsgi.write_text("def app(environ, start_response):\n    environ['wsgi.input'] = None\n")
+    assert environment_writes(wsgi) == []
+    assert [(fn, var) for fn, var, _ in sorted(environment_writes(module), key=lambda w: w[2])] == [
+        ("<module>", "A"), ("f", "B"), ("f", "?"), ("f", "D"), ("f", "E"), ("f", "F"), ("f", "G")]
+
+
+def _long_functions(path: Path, limit: int = 80) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [f"{node.name} (line {node.lineno}, {node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_no_product_function_over_80_lines() -> None:
+    long = {str(p.relative_to(ROOT)): found for p in _product_modules() if (found := _long_functions(p))}
+    assert not long, long
+
+
+def test_the_function_rule_counts_a_functions_lines(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def short():\n" + "    x = 1\n" * 79 + "def long():\n" + "    x = 1\n" * 80)
+    assert _long_functions(module) == ["long (line 81, 81 lines)"]
 
 
 def test_readers_use_the_owners_columns() -> None:

@@ -550,6 +550,16 @@ def test_verify_and_report_of_a_missing_set_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "nothing").exists()
 
 
+def test_report_of_a_set_with_a_broken_image_is_one_line(set_copy, capsys):
+    """A damaged image in the user's set is their error (one line naming the file), not a crash."""
+    clean = next(r for r in read_manifest(set_copy) if r["condition"] == "clean")
+    (set_copy / clean["file"]).write_bytes(b"GIF89a not a png at all")
+    assert cli_main(["stimuli", "report", str(set_copy)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("advbias: error: "), err
+    assert clean["file"] in err[0] and "advbias stimuli verify" in err[0]
+
+
 def test_cli_module_does_not_import_torch():
     code = "import sys, stimuli.cli, stimuli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True)
