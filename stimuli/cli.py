@@ -52,24 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--limit", default=None, metavar="N",
                      help="use only the first N readable photos in sorted order (for demos and tests)")
     gen.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    gen.add_argument("--loss", default=None, metavar="logit|logodds|ce|auto",
-                     help="attack objective (default: the default recipe's, logit; see docs/stimuli.md)")
-    gen.add_argument("--momentum", default=None, metavar="MU",
-                     help="MI-FGSM momentum decay in [0, 1], 0 for none (default: the default recipe's, 1.0)")
-    gen.add_argument("--input-diversity", default=None, metavar="P",
-                     help="DI-FGSM probability of a random resize-and-pad per step (default: the default recipe's, 0.7)")
-    gen.add_argument("--ti-kernel", default=None, metavar="K",
-                     help="TI-FGSM Gaussian gradient smoothing, odd kernel size in pixels, 0 for none "
-                          "(default: the default recipe's, 5)")
-    gen.add_argument("--step-ratio", default=None, metavar="R|madry",
-                     help="step size as a fraction of eps, e.g. 0.125 = eps/8 per step (never less than 2.5/steps); "
-                          "'madry' for 2.5 x eps / steps (default: the default recipe's, 0.125)")
-    gen.add_argument("--cfm-prob", default=None, metavar="P",
-                     help="Clean Feature Mixup: probability that each eligible layer mixes in clean features, 0 for none "
-                          "(default: the default recipe's, 0.1)")
-    gen.add_argument("--finish-steps", default=None, metavar="N",
-                     help="the last N steps attack the models as they are (no DI, TI or CFM), so that the ensemble "
-                          "itself is fooled at small budgets (default: the default recipe's, 0; docs/benchmarks.md)")
+    _add_recipe_options(gen)
     gen.add_argument("--batch-size", default="auto", metavar="N|auto",
                      help="attack items per batch and work unit (auto: 16 on CPU, 256 on CUDA); part of the set's parameters")
     gen.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
@@ -98,6 +81,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          description="Re-read every file of the set and check it; exit status 1 on any violation.")
     ver.add_argument("setdir", metavar="SETDIR")
     ver.set_defaults(handler=_verify)
+
+
+def _add_recipe_options(gen: argparse.ArgumentParser) -> None:
+    """The recipe's options (stimuli.params.RECIPE_OPTIONS but --steps): each replaces the default recipe's value."""
+    gen.add_argument("--loss", default=None, metavar="logit|logodds|ce|auto",
+                     help="attack objective (default: the default recipe's, logit; see docs/stimuli.md)")
+    gen.add_argument("--momentum", default=None, metavar="MU",
+                     help="MI-FGSM momentum decay in [0, 1], 0 for none (default: the default recipe's, 1.0)")
+    gen.add_argument("--input-diversity", default=None, metavar="P",
+                     help="DI-FGSM probability of a random resize-and-pad per step (default: the default recipe's, 0.7)")
+    gen.add_argument("--ti-kernel", default=None, metavar="K",
+                     help="TI-FGSM Gaussian gradient smoothing, odd kernel size in pixels, 0 for none "
+                          "(default: the default recipe's, 5)")
+    gen.add_argument("--step-ratio", default=None, metavar="R|madry",
+                     help="step size as a fraction of eps, e.g. 0.125 = eps/8 per step (never less than 2.5/steps); "
+                          "'madry' for 2.5 x eps / steps (default: the default recipe's, 0.125)")
+    gen.add_argument("--cfm-prob", default=None, metavar="P",
+                     help="Clean Feature Mixup: probability that each eligible layer mixes in clean features, 0 for none "
+                          "(default: the default recipe's, 0.1)")
+    gen.add_argument("--finish-steps", default=None, metavar="N",
+                     help="the last N steps attack the models as they are (no DI, TI or CFM), so that the ensemble "
+                          "itself is fooled at small budgets (default: the default recipe's, 0; docs/benchmarks.md)")
 
 
 def _is_rank_zero() -> bool:
