@@ -27,8 +27,12 @@ def fit_intercepts(successes: np.ndarray, counts: np.ndarray, iterations: int = 
 
     Cells with no trials (``counts == 0``) carry no information and are allowed.
     """
-    y = np.asarray(successes, dtype=float)
-    n = np.asarray(counts, dtype=float)
+    # The (studies x participants x images) arrays are held in single precision: the work is memory-bound, and
+    # float32 halves it; the small per-study blocks (the Schur complement and its solve) stay in double precision.
+    # p-values move by less than 1e-5 against a double-precision fit (docs/benchmarks.md, "Analysis: power"), far
+    # below the Monte Carlo error of a power simulation.
+    y = np.asarray(successes, dtype=np.float32)
+    n = np.asarray(counts, dtype=np.float32)
     S, P, M = n.shape
     pooled = (y.sum(axis=(1, 2)) + 0.5) / (n.sum(axis=(1, 2)) + 1.0)
     beta = np.log(pooled / (1.0 - pooled))
@@ -37,7 +41,7 @@ def fit_intercepts(successes: np.ndarray, counts: np.ndarray, iterations: int = 
     var_c = np.full(S, start_sd ** 2)
     eye = np.eye(M + 1)
     for _ in range(iterations):
-        eta = beta[:, None, None] + a[:, :, None] + c[:, None, :]
+        eta = (beta[:, None, None] + a[:, :, None]).astype(np.float32) + c[:, None, :].astype(np.float32)
         mu = special.expit(eta)
         w = n * mu * (1.0 - mu)
         r = y - n * mu

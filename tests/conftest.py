@@ -179,6 +179,23 @@ def app(app_config: dict[str, Any]):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+def app_server(app: Any) -> Iterator[str]:
+    """The test's app served over real HTTP on a free port, in a thread (for the HTTP participant client)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
 def client(app):  # type: ignore[no-untyped-def]
     return app.test_client()
 

@@ -445,3 +445,21 @@ def test_a_bug_inside_analyze_is_a_traceback_and_an_internal_error(
     assert err[0] == "Traceback (most recent call last):" and any("broken_figures" in line for line in err)
     assert err[-1].startswith("advbias: internal error: ValueError: x and y must have same first dimension")
     assert "bug in advbias" in err[-1] and not any(line.startswith("advbias: error:") for line in err)
+
+
+def test_the_batched_mixed_model_of_power_agrees_with_the_full_fit() -> None:
+    """`advbias power` fits its simulated studies together (analysis.glmm_batch); each study's p must be the one
+    the analysis's own mixed model (analysis.glmm, as primary.csv reports it) gives, within a small margin, and
+    never clearly smaller (the batched variances are REML-like, so it errs on the conservative side)."""
+    from analysis.glmm_batch import primary_p
+    from analysis.power import _glmm_p, batch_counts
+    from analysis.simulation import conditional_logit
+
+    rng = np.random.default_rng(1)
+    for bias in (0.5, 0.55):
+        beta = conditional_logit(bias, math.hypot(0.3, 0.3))
+        successes, counts = batch_counts(rng, 6, 40, 60, beta, 0.3, 0.3, 12)
+        batched = primary_p(successes, counts)
+        full = np.array([_glmm_p(successes[i], counts[i]) for i in range(len(counts))])
+        assert np.all(np.abs(batched - full) < 0.03), (batched, full)
+        assert np.all(batched > full - 0.005), (batched, full)

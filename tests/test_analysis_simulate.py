@@ -5,9 +5,8 @@ free loopback port; the stimulus set is the real one from ``tests/conftest.py``.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 from scipy.stats import binomtest
@@ -20,28 +19,14 @@ from advbias.cli import main as advbias
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-@pytest.fixture
-def server(app: Any) -> Iterator[str]:
-    from werkzeug.serving import make_server
-
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
-
-
 def test_synthetic_participants_over_http_then_analysis(
-    server: str, make_experiment: Callable[..., str], stimulus_set: Path, db: Any, tmp_path: Path
+    app_server: str, make_experiment: Callable[..., str], stimulus_set: Path, db: Any, tmp_path: Path
 ) -> None:
     from experiment.export import write_export
 
     slug = make_experiment("rehearsal", conditions=["targets", "vs_noise"], practice_trials=2, catch_trials=2)
     truth = {2: 0.5, 16: 0.9}
-    summary = simulate_study(slug, 16, truth, set_dir=stimulus_set, url=server, participant_sd=0.0, image_sd=0.0,
+    summary = simulate_study(slug, 16, truth, set_dir=stimulus_set, url=app_server, participant_sd=0.0, image_sd=0.0,
                              catch_accuracy=1.0, seed=3, concurrency=3)
     assert summary["statuses"] == {"completed": 16}
     assert summary["trials_answered"] == 16 * 12
@@ -84,7 +69,7 @@ def test_synthetic_participants_over_http_then_analysis(
     assert (out / "report.html").stat().st_size > 0
 
     # The same seed resumes the same participants: nothing is answered twice.
-    again = simulate_study(slug, 16, truth, set_dir=stimulus_set, url=server, seed=3, concurrency=2)
+    again = simulate_study(slug, 16, truth, set_dir=stimulus_set, url=app_server, seed=3, concurrency=2)
     assert again["statuses"] == {"completed": 16} and again["trials_answered"] == 0
     assert write_export(db, slug, tmp_path / "again.csv") == 16 * 12
     # The CSV and Parquet exports read back to the same trials.
@@ -94,28 +79,28 @@ def test_synthetic_participants_over_http_then_analysis(
         assert from_csv[column].tolist() == df[column].tolist(), column
 
 
-def test_simulate_cli_and_its_errors(server: str, make_experiment: Callable[..., str], stimulus_set: Path,
+def test_simulate_cli_and_its_errors(app_server: str, make_experiment: Callable[..., str], stimulus_set: Path,
                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     slug = make_experiment("cli-study")
     truth_file = tmp_path / "truth.json"
-    assert advbias(["simulate", slug, "--participants", "2", "--set", str(stimulus_set), "--url", server,
+    assert advbias(["simulate", slug, "--participants", "2", "--set", str(stimulus_set), "--url", app_server,
                     "--bias", "2:0.5,16:0.7", "--quiet", "--truth", str(truth_file)]) == 0
     out = capsys.readouterr().out
     assert "2 synthetic participants (2 completed)" in out and "targets:16 0.7" in out
     assert truth_file.stat().st_size > 0
 
     assert advbias(["simulate", "no-such-study", "--participants", "1", "--set", str(stimulus_set),
-                    "--url", server, "--quiet"]) == 2
+                    "--url", app_server, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("advbias: error: experiment 'no-such-study' at http") and "HTTP 404" in err
     assert "\n" not in err
 
     # A budget the bias does not cover is refused before anything is answered wrongly.
-    assert advbias(["simulate", slug, "--participants", "1", "--set", str(stimulus_set), "--url", server,
+    assert advbias(["simulate", slug, "--participants", "1", "--set", str(stimulus_set), "--url", app_server,
                     "--bias", "2:0.5", "--seed", "9", "--quiet"]) == 2
     assert "no value for condition 'targets' at eps 16" in capsys.readouterr().err
 
     with pytest.raises(FileNotFoundError):
-        simulate_study(slug, 1, 0.6, set_dir=tmp_path, url=server)
+        simulate_study(slug, 1, 0.6, set_dir=tmp_path, url=app_server)
     with pytest.raises(CLIError, match="cannot reach"):
         simulate_study(slug, 1, 0.6, set_dir=stimulus_set, url="http://127.0.0.1:9", timeout=0.5)

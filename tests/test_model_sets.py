@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import threading
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -208,20 +207,6 @@ def test_observers_form_a_transfer_matrix_and_the_report_draws_it(two_sets: Path
 # --------------------------------------------------------------------------- the study
 
 
-@pytest.fixture
-def server(app: Any) -> Iterator[str]:
-    from werkzeug.serving import make_server
-
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
-        httpd.shutdown()
-        thread.join(timeout=10)
-
-
 class ByModelSet:
     """Chooses the image perturbed toward the asked category with a probability that depends on its model set."""
 
@@ -245,7 +230,7 @@ class ByModelSet:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, server: str, tmp_path: Path) -> None:
+def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, app_server: str, tmp_path: Path) -> None:
     import pandas as pd
 
     from advbias.client import HttpClient, Participant
@@ -259,7 +244,7 @@ def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, server
     assert created and design.summary()["model_sets"] == ["A", "B"] and len(design.cells) == 8
     truth = {"A": 0.95, "B": 0.4}  # far apart: the paired test below must not hang on the random lists (t about 5)
     for i in range(design.n_lists):  # one complete round of lists
-        client = HttpClient(server, timeout=30.0)
+        client = HttpClient(app_server, timeout=30.0)
         try:
             Participant("two-sets", f"p{i:03d}", choose=ByModelSet(two_sets, client, truth, seed=i)).run(client)
         finally:
