@@ -47,6 +47,8 @@ class PowerResult:
     false_positive_rate: float
     curve: "pd.DataFrame"
     description: str = ""
+    #: the mixed model's power with infinitely many participants (normal approximation): the images alone
+    power_ceiling: float = 1.0
 
     @property
     def false_positive_ok(self) -> bool:
@@ -70,6 +72,12 @@ class PowerResult:
             f"analytic one-sample t-test (alpha {self.alpha:g}, power {self.target_power:g}): "
             f"{self.n_analytic if self.n_analytic is not None else 'n/a'} participants",
         ]
+        if self.power_ceiling < self.target_power + CEILING_MARGIN:
+            lines.append(
+                f"WARNING: with {self.n_images} images (image SD {self.image_sd:g}) the power cannot exceed about "
+                f"{self.power_ceiling:.2f} however many participants take part: near that ceiling the power hardly "
+                f"grows with participants, so the size below is ill-determined (see --curve). More images help far "
+                f"more: {images_for_ceiling(self, 0.95)} images give a ceiling of 0.95.")
         if self.n_simulation is None:
             lines.append(f"simulation ({self.test}, {self.sims} runs per size): power {self.target_power:g} not reached "
                          f"within {int(self.curve['n_participants'].max())} participants")
@@ -79,6 +87,29 @@ class PowerResult:
                          f"(power {self.power_at_n:.3f} +/- {se:.3f}; false-positive rate at that size with no "
                          f"bias: {self.false_positive_rate:.3f})")
         return "\n".join(lines)
+
+
+#: How close to the target the power ceiling may come before the answer is called ill-determined.
+CEILING_MARGIN = 0.05
+
+
+def power_ceiling(beta: float, image_sd: float, n_images: int, alpha: float) -> float:
+    """The intercept test's power with infinitely many participants: only the images' variance is left,
+    ``image_sd^2 / n_images`` (normal approximation, two-sided). 1 without image variance."""
+    from scipy import stats
+
+    if image_sd <= 0:
+        return 1.0
+    return float(stats.norm.cdf(abs(beta) / math.sqrt(image_sd ** 2 / n_images) - stats.norm.ppf(1 - alpha / 2)))
+
+
+def images_for_ceiling(result: "PowerResult", ceiling: float) -> int:
+    """Images needed for the power ceiling to reach ``ceiling`` (same bias and variances)."""
+    from scipy import stats
+
+    beta = conditional_logit(result.bias, math.hypot(result.participant_sd, result.image_sd))
+    z = stats.norm.ppf(1 - result.alpha / 2) + stats.norm.ppf(ceiling)
+    return int(math.ceil(result.image_sd ** 2 * (z / beta) ** 2)) if beta else result.n_images
 
 
 def batch_counts(rng: np.random.Generator, sims: int, n: int, n_trials: int, beta: float,
@@ -275,9 +306,12 @@ def power_analysis(
             bar.set_postfix(n=n, power=f"{evaluated[n]:.3f}")
         return evaluated[n]
 
+    ceiling = power_ceiling(beta, image_sd, n_images, alpha)
     if test == "glmm":  # each size costs seconds: start near the answer and stop within 2% of it
+        # (within 10% near the power ceiling, where the power is flat in the size and a finer answer is noise)
         start = glmm_guess(beta, n_trials, participant_sd, image_sd, n_images, alpha, power, max_participants)
-        hi = smallest_n(rate, power, start, max_participants, tolerance=0.02)
+        hi = smallest_n(rate, power, start, max_participants,
+                        tolerance=0.10 if ceiling < power + CEILING_MARGIN else 0.02)
     else:
         hi = smallest_n(rate, power, min(max(3, n_analytic or 10), max_participants), max_participants)
     bar.close()
@@ -292,7 +326,7 @@ def power_analysis(
         bias=bias, n_trials=n_trials, alpha=alpha, target_power=power, participant_sd=participant_sd,
         image_sd=image_sd, n_images=n_images, sims=sims, test=test, cohen_d=cohen_d, n_analytic=n_analytic,
         n_simulation=hi, power_at_n=evaluated.get(hi, math.nan) if hi is not None else math.nan,
-        false_positive_rate=false_positive, curve=curve,
+        false_positive_rate=false_positive, curve=curve, power_ceiling=ceiling,
     )
 
 

@@ -463,3 +463,19 @@ def test_the_batched_mixed_model_of_power_agrees_with_the_full_fit() -> None:
         full = np.array([_glmm_p(successes[i], counts[i]) for i in range(len(counts))])
         assert np.all(np.abs(batched - full) < 0.03), (batched, full)
         assert np.all(batched > full - 0.005), (batched, full)
+
+
+def test_power_warns_when_the_images_cap_the_power() -> None:
+    """Image variance does not shrink with participants: with few images the mixed model's power has a ceiling.
+    Near it the recommended size is noise, and the output must say so (and how many images lift it)."""
+    from analysis.power import power_analysis, power_ceiling
+    from analysis.simulation import conditional_logit
+
+    beta = conditional_logit(0.53, math.hypot(0.3, 0.3))
+    ceilings = [power_ceiling(beta, 0.3, n, 0.05) for n in (25, 50, 100, 200)]
+    assert ceilings == sorted(ceilings) and 0.8 < ceilings[1] < 0.85 and ceilings[3] > 0.99
+    assert power_ceiling(beta, 0.0, 50, 0.05) == 1.0
+    capped = power_analysis(0.53, 100, sims=100, test="ttest", n_images=50)
+    assert "WARNING: with 50 images" in capped.summary() and "give a ceiling of 0.95" in capped.summary()
+    free = power_analysis(0.53, 100, sims=100, test="ttest", n_images=200)
+    assert "WARNING" not in free.summary()
