@@ -302,7 +302,6 @@ def generate_set(
     eps: Any = (2, 16),
     *,
     out: str | os.PathLike,
-    steps: Any = None,
     models: Any = ("lite0",),
     model_sets: Any = None,
     holdout: Any = None,
@@ -312,31 +311,24 @@ def generate_set(
     limit: Any = None,
     device: str = "auto",
     batch_size: Any = "auto",
-    loss: Any = None,
-    momentum: Any = None,
-    input_diversity: Any = None,
-    ti_kernel: Any = None,
-    step_ratio: Any = None,
-    cfm_prob: Any = None,
-    finish_steps: Any = None,
     progress: bool = True,
+    **recipe: Any,
 ) -> SetSummary:
     """Build (or finish) the stimulus set in ``out``; returns its summary (a path-like of the folder).
 
     Mirrors ``advbias stimuli generate``; see ``docs/stimuli.md``. ``model_sets`` (``["conv=lite0,lite1",
     "b=lite2"]`` or ``{"conv": ["lite0", "lite1"]}``) takes the place of ``models``: every photo, target and
-    budget is then made once per set. Every parameter is checked
+    budget is then made once per set. ``recipe`` holds the attack options of ``stimuli.params.RECIPE_OPTIONS``
+    (``steps``, ``loss``, ``momentum``, ``input_diversity``, ``ti_kernel``, ``step_ratio``, ``cfm_prob``,
+    ``finish_steps``; each left out or ``None`` is the default recipe's). Every parameter is checked
     here (numbers may be given as strings); bad input raises ``ValueError`` /
     ``FileNotFoundError`` with a one-line message, before anything is written.
     """
     dist = Dist()
     dev = resolve_device(device, dist.local_rank)
     params = make_params(
-        images, pairs, eps, steps=steps, models=models, model_sets=model_sets, holdout=holdout, controls=controls,
-        size=size,
-        seed=seed, limit=limit, batch_size=batch_size, device=dev, loss=loss, momentum=momentum,
-        input_diversity=input_diversity, ti_kernel=ti_kernel, step_ratio=step_ratio, cfm_prob=cfm_prob,
-        finish_steps=finish_steps,
+        images, pairs, eps, models=models, model_sets=model_sets, holdout=holdout, controls=controls, size=size,
+        seed=seed, limit=limit, batch_size=batch_size, device=dev, **recipe,
     )
     setdir = Path(out).expanduser()
     dist.start(dev)

@@ -282,7 +282,6 @@ def make_params(
     pairs: Any,
     eps: Any,
     *,
-    steps: Any = None,
     models: Any,
     holdout: Any,
     controls: Any,
@@ -292,15 +291,14 @@ def make_params(
     limit: Any,
     batch_size: Any,
     device: str,
-    loss: Any = None,
-    momentum: Any = None,
-    input_diversity: Any = None,
-    ti_kernel: Any = None,
-    step_ratio: Any = None,
-    cfm_prob: Any = None,
-    finish_steps: Any = None,
+    **recipe: Any,
 ) -> SetParams:
-    """Validate every user-facing parameter, before anything is read or written (one-line errors)."""
+    """Validate every user-facing parameter, before anything is read or written (one-line errors).
+
+    ``recipe`` holds any of :data:`RECIPE_OPTIONS` (``None``: the default recipe's value)."""
+    unknown = sorted(set(recipe) - set(RECIPE_OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the recipe options are {', '.join(RECIPE_OPTIONS)}")
     pairs_t = parse_pairs(pairs)
     eps_t = parse_eps(eps)
     sets_t, models_t, holdout_t = _sets_and_models(models, model_sets, holdout)
@@ -312,9 +310,7 @@ def make_params(
         holdout=holdout_t, controls=_controls(controls), size=_whole(size, "--size", 16, 4096),
         seed=_whole(seed, "--seed", 0), limit=None if limit is None else _whole(limit, "--limit", 1),
         batch_size=_batch_size(batch_size, device), model_sets=sets_t,
-        recipe=_recipe({"steps": steps, "loss": loss, "momentum": momentum, "input_diversity": input_diversity,
-                        "ti_kernel": ti_kernel, "step_ratio": step_ratio, "cfm_prob": cfm_prob,
-                        "finish_steps": finish_steps}),
+        recipe=_recipe(recipe),
     )
 
 
