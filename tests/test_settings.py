@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from advbias.cli import main
 from advbias.errors import InputError
-from experiment.settings import DEFAULT_START_LIMIT, Settings
+from experiment.settings import DEFAULT_START_LIMIT, DEFAULTS, Settings
 
 
 def test_options_win_over_the_environment_which_wins_over_defaults(tmp_path: Path) -> None:
@@ -90,3 +91,18 @@ def test_the_app_takes_its_settings_object(database_url: str, tmp_path: Path) ->
         app.extensions["advbias"].db.dispose()
     with pytest.raises(TypeError, match="not both"):
         create_app({"DATABASE_URL": database_url}, settings=settings)
+
+
+@hypothesis_settings(max_examples=300, deadline=None, derandomize=True)
+@given(env=st.dictionaries(st.sampled_from([f"ADVBIAS_{k}" for k in DEFAULTS if k != "INSTANCE_PATH"]),
+                           st.text(max_size=20)))
+def test_any_environment_gives_settings_or_one_clear_error(env: dict[str, str]) -> None:
+    """Whatever text a deployment puts in the variables, resolving either succeeds or raises the user's error
+    naming the variable, never anything else (a server must not start on a value it misread)."""
+    try:
+        resolved = Settings.resolve(environ={"ADVBIAS_INSTANCE_PATH": "instance", **env})
+    except InputError as exc:
+        assert any(name in str(exc) for name in env), (env, str(exc))
+    else:
+        assert 1 <= resolved.concurrent_starts <= 64 and 0 <= resolved.trusted_proxies <= 10
+        assert resolved.sqlite_synchronous in ("FULL", "NORMAL", "EXTRA")
