@@ -242,7 +242,7 @@ def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, app_se
               "practice_trials": 0, "catch_trials": 0, "require_prolific_pid": False}
     _exp, design, created = create_experiment(state.db, "two-sets", two_sets, config, state.store)
     assert created and design.summary()["model_sets"] == ["A", "B"] and len(design.cells) == 8
-    truth = {"A": 0.95, "B": 0.4}  # far apart: the paired test below must not hang on the random lists (t about 5)
+    truth = {"A": 0.85, "B": 0.35}  # far apart (paired t about 5), yet A not chosen every time (which separates the GLMM)
     for i in range(design.n_lists):  # one complete round of lists
         client = HttpClient(app_server, timeout=30.0)
         try:
@@ -275,7 +275,7 @@ def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, app_se
     assert set(pooled["method"]) == {"paired t", "glmm"}
     assert (pooled["model_set"] == "A").all() and (pooled["baseline_model_set"] == "B").all()
     paired = pooled[pooled["method"] == "paired t"].iloc[0]
-    assert float(paired["diff"]) > 0 and float(paired["p"]) < 0.01  # 0.95 vs 0.4, two "targets" trials per set and participant
+    assert float(paired["diff"]) > 0 and float(paired["p"]) < 0.01  # 0.85 vs 0.35, two "targets" trials per set and participant
     terms = pd.read_csv(out / "mixed_model_by_model_set.csv", keep_default_na=False)
     set_term = terms[(terms["condition"] == "targets") & (terms["term"] == "model_set=B vs A")].iloc[0]
     assert float(set_term["estimate"]) < 0  # B is followed less than A
