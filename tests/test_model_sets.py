@@ -242,15 +242,17 @@ def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, app_se
               "practice_trials": 0, "catch_trials": 0, "require_prolific_pid": False}
     _exp, design, created = create_experiment(state.db, "two-sets", two_sets, config, state.store)
     assert created and design.summary()["model_sets"] == ["A", "B"] and len(design.cells) == 8
-    truth = {"A": 0.85, "B": 0.35}  # far apart (paired t about 5), yet A not chosen every time (which separates the GLMM)
-    for i in range(design.n_lists):  # one complete round of lists
+    truth = {"A": 0.85, "B": 0.35}  # far apart, yet A not chosen every time (which separates the GLMM)
+    rounds = 3  # complete rounds of lists: one round (16 people, 2 "targets" trials per set each) leaves the paired
+    #             test's p near 0.01 in about a third of runs; three put it well below
+    for i in range(rounds * design.n_lists):
         client = HttpClient(app_server, timeout=30.0)
         try:
             Participant("two-sets", f"p{i:03d}", choose=ByModelSet(two_sets, client, truth, seed=i)).run(client)
         finally:
             client.close()
     export = tmp_path / "export.csv"
-    assert write_export(state.db, "two-sets", export) == design.n_lists * 8
+    assert write_export(state.db, "two-sets", export) == rounds * design.n_lists * 8
     df = pd.read_csv(export, keep_default_na=False)
     assert set(df["model_set"]) == {"A", "B"}
     main = df[df["kind"] == "main"]
@@ -275,7 +277,7 @@ def test_a_study_over_two_model_sets_end_to_end(two_sets: Path, app: Any, app_se
     assert set(pooled["method"]) == {"paired t", "glmm"}
     assert (pooled["model_set"] == "A").all() and (pooled["baseline_model_set"] == "B").all()
     paired = pooled[pooled["method"] == "paired t"].iloc[0]
-    assert float(paired["diff"]) > 0 and float(paired["p"]) < 0.01  # 0.85 vs 0.35, two "targets" trials per set and participant
+    assert float(paired["diff"]) > 0 and float(paired["p"]) < 0.01  # 0.85 vs 0.35 over three rounds of lists
     terms = pd.read_csv(out / "mixed_model_by_model_set.csv", keep_default_na=False)
     set_term = terms[(terms["condition"] == "targets") & (terms["term"] == "model_set=B vs A")].iloc[0]
     assert float(set_term["estimate"]) < 0  # B is followed less than A
